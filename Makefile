@@ -1,0 +1,28 @@
+# Quick start: `make demo` then `make test`. Both create (or reuse) a virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.flowclas-installed
+# The CPU build of torch; on a Jetson or a CUDA machine install your own torch first and
+# set TORCH_SPEC= (empty) so this step keeps it.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(TORCH_SPEC),$(PY) -m pip install --quiet $(TORCH_SPEC))
+	$(PY) -m pip install --quiet -e '.[test,export]'
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q test
+
+demo: $(STAMP)
+	$(VENV)/bin/flowclas demo --output out/demo
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

@@ -1,0 +1,162 @@
+"""The ``flowclas`` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+# Subcommands of architecture.md that later work delivers; they say so instead of failing oddly.
+PLANNED = {
+    "demo": "the offline demo (synthetic bag, bundled model, replay, metrics, pictures)",
+    "synth": "the synthetic dataset and camera bag generator",
+    "train": "training",
+    "eval": "evaluation on the benchmark datasets",
+    "replay": "rosbag2 replay",
+    "export": "compiled backends (torch-export, ONNX, TensorRT)",
+    "bench": "the latency benchmark",
+}
+
+
+class UserError(Exception):
+    """A problem with the user's input: reported as one line, exit status 1."""
+
+
+def list_images(path: Path) -> list[Path]:
+    """One image file, or the images directly inside a folder, sorted by name."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"input not found: {path}")
+    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    return images
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as H x W x 3 uint8 RGB; UserError for an unreadable file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(path)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """Score maps (.npy, colour PNG), masks and overlays for an image or a folder."""
+    from tqdm import tqdm
+
+    from flowclas_ros.runtime import Detector
+    from flowclas_ros.runtime.visualize import heatmap, overlay
+
+    detector = Detector.from_bundle(
+        args.model, device=args.device, precision=args.precision, threshold=args.threshold, min_area=args.min_area
+    )
+    images = list_images(Path(args.input))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    summary, failed = {}, []
+    for path in tqdm(images, desc="detect", unit="img", disable=len(images) < 2):
+        try:
+            frame = read_rgb(path)
+        except UserError as exc:
+            tqdm.write(f"flowclas detect: skipped: {exc}", file=sys.stderr)
+            failed.append(str(path))
+            continue
+        det = detector.detect(frame)
+        stem = path.stem
+        np.save(out / f"{stem}_score.npy", det.score)
+        write_png(out / f"{stem}_score.png", heatmap(det.score))
+        write_png(out / f"{stem}_mask.png", det.mask.astype(np.uint8) * 255)
+        write_png(out / f"{stem}_overlay.png", overlay(frame, det.score, det.mask))
+        summary[path.name] = {
+            "height": int(frame.shape[0]),
+            "width": int(frame.shape[1]),
+            "max_score": float(det.score.max()),
+            "anomalous_fraction": float(det.mask.mean()),
+            "hazards": [dict(vars(h)) for h in det.hazards],
+        }
+    report = {"model": str(args.model), "threshold": detector.threshold, "images": summary, "skipped": failed}
+    (out / "detections.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"flowclas detect: {len(summary)} image(s) -> {out}" + (f" ({len(failed)} skipped)" if failed else ""))
+    return 0 if summary else 1
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """An untrained bundle from a model config (to try the pipeline before training)."""
+    from flowclas_ros.model import FlowCLASNet, save_bundle
+    from flowclas_ros.model.config import load_model_config
+
+    config = load_model_config(args.config, args.set or [])
+    path = save_bundle(FlowCLASNet(config), args.output)
+    print(f"flowclas init: untrained bundle ({config.encoder.name}, head {config.head}) -> {path}")
+    return 0
+
+
+def cmd_planned(args: argparse.Namespace) -> int:
+    print(f"flowclas {args.command}: not available yet ({PLANNED[args.command]} is still being built)", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from flowclas_ros import __version__
+
+    parser = argparse.ArgumentParser(prog="flowclas", description="FlowCLAS anomaly segmentation for robots.")
+    parser.add_argument("--version", action="version", version=f"flowclas {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("detect", help="score maps, masks and overlays for images")
+    p.add_argument("--model", required=True, help="model bundle directory")
+    p.add_argument("--input", required=True, help="an image file or a folder of images")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--backend", default="torch", choices=["torch"], help="inference backend")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the bundle's)")
+    p.add_argument("--min-area", type=int, default=0, help="smallest hazard region in pixels")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("init", help="write an untrained bundle from a model config")
+    p.add_argument("--config", default=None, help="model config YAML (default: EfficientNet-Lite0 defaults)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--output", required=True, help="bundle directory to write")
+    p.set_defaults(func=cmd_init)
+
+    for name, what in PLANNED.items():
+        p = sub.add_parser(name, help=f"{what} (not available yet)")
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=cmd_planned)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; errors in the user's input become one line on stderr and exit status 1."""
+    from flowclas_ros.model import BundleError, ConfigError, WeightsError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UserError, BundleError, ConfigError, WeightsError, ValueError) as exc:
+        print(f"flowclas {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"flowclas {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The model bundle: a directory with ``config.json`` and ``weights.safetensors``.
+
+No pickle anywhere: the config is JSON, tensors are safetensors, and the weights' SHA-256 is
+recorded in the config so a truncated or altered file is refused before it is parsed.
+Encoder weights are stored only when the encoder has no external weights reference
+(random initialisation); otherwise the bundle names where they come from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from flowclas_ros import __version__
+from flowclas_ros.model.config import ConfigError, ModelConfig
+from flowclas_ros.model.encoders import WeightsError
+from flowclas_ros.model.network import FlowCLASNet
+
+FORMAT = "flowclas-bundle"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+class BundleError(ValueError):
+    """A bundle is missing, corrupt, of another format version, or inconsistent."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_bundle(model: FlowCLASNet, directory: str | Path) -> Path:
+    """Write ``model`` as a bundle directory (created if needed); returns its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict() if model.config.encoder.weights is None else model.head_state_dict()
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    weights = directory / WEIGHTS_FILE
+    _atomic_write(weights, lambda tmp: save_file(tensors, tmp))
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "flowclas_version": __version__,
+        "weights_sha256": _sha256(weights),
+        "model": model.config.to_dict(),
+    }
+    text = json.dumps(meta, indent=2) + "\n"
+    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
+def read_bundle_config(directory: str | Path) -> tuple[ModelConfig, dict]:
+    """Read and validate a bundle's config; returns (model config, whole metadata)."""
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise BundleError(f"model bundle not found: {directory} is not a directory")
+    if not path.is_file():
+        raise BundleError(f"not a model bundle: {path} is missing")
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"corrupt bundle config {path}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BundleError(f"{path} is not a flowclas bundle config (format tag missing)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{path} has bundle format version {meta.get('format_version')!r}; "
+            f"this flowclas reads version {FORMAT_VERSION}"
+        )
+    try:
+        config = ModelConfig.from_dict(meta.get("model"))
+    except ConfigError as exc:
+        raise BundleError(f"invalid model config in {path}: {exc}") from None
+    return config, meta
+
+
+def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> FlowCLASNet:
+    """Load a bundle into an eval-mode network on ``device``; refuse anything inconsistent."""
+    directory = Path(directory)
+    config, meta = read_bundle_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise BundleError(f"bundle {directory} has no {WEIGHTS_FILE}")
+    if _sha256(weights) != meta.get("weights_sha256"):
+        raise BundleError(f"{weights} is corrupt or truncated (SHA-256 differs from config.json)")
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(f"cannot read {weights}: {exc}") from None
+    try:
+        model = FlowCLASNet(config)
+    except WeightsError as exc:
+        raise BundleError(f"bundle {directory}: encoder weights: {exc}") from None
+    expected = model.state_dict() if config.encoder.weights is None else model.head_state_dict()
+    _check_tensors(expected, tensors, weights)
+    model.load_state_dict(tensors, strict=False)
+    return model.to(device).eval()
+
+
+def _check_tensors(expected: dict[str, Tensor], found: dict[str, Tensor], source: Path) -> None:
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    wrong = [
+        f"{k} {tuple(found[k].shape)}/{found[k].dtype} != {tuple(v.shape)}/{v.dtype}"
+        for k, v in expected.items()
+        if k in found and (found[k].shape != v.shape or found[k].dtype != v.dtype)
+    ]
+    problems = [
+        f"{label}: {', '.join(items[:5])}"
+        for label, items in (("missing", missing), ("unexpected", extra), ("mismatched", wrong))
+        if items
+    ]
+    if problems:
+        raise BundleError(f"tensors in {source} do not match the config: " + "; ".join(problems))

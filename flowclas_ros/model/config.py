@@ -1,0 +1,193 @@
+"""The model configuration: what a bundle's ``config.json`` holds, with strict validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowclas_ros.model.encoders.base import EncoderConfig
+from flowclas_ros.model.encoders.efficientnet import LITE_MEAN, LITE_STD
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+HEADS = ("flowclas", "fastflow")
+SCORE_VARIANTS = ("prob", "logp")
+SQUASHES = ("clamp", "sigmoid")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+@dataclass
+class FlowConfig:
+    """Flow head settings (method.md 2.3-2.4). ``learnable_base`` False = standard normal."""
+
+    steps: int = 16
+    subnet: str = "residual"
+    hidden_ratio: float = 1.0
+    clamp: float = 2.0
+    learnable_base: bool = True
+    seed: int = 0
+
+    @classmethod
+    def for_head(cls, head: str) -> "FlowConfig":
+        """Defaults of a named head: ``flowclas`` (paper) or ``fastflow`` (FastFlow's own)."""
+        if head == "fastflow":
+            return cls(steps=8, subnet="simple", learnable_base=False)
+        if head == "flowclas":
+            return cls()
+        raise ConfigError(f"unknown head {head!r}; use one of {HEADS}")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network, plus calibration and provenance.
+
+    score: ``prob`` (1 - mean over scales of p) or ``logp`` (-mean of log p);
+    squash: how raw scores are mapped into [0, 1] (``clamp`` or ``sigmoid``);
+    threshold / threshold_fpr: calibrated mask threshold and the inlier FPR it was chosen for.
+    """
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    mean: tuple[float, float, float] = LITE_MEAN
+    std: tuple[float, float, float] = LITE_STD
+    head: str = "flowclas"
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    projection_dim: int = 128
+    score: str = "prob"
+    squash: str = "clamp"
+    threshold: float = 0.5
+    threshold_fpr: float | None = None
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError on any value out of its range."""
+        checks = [
+            (self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}"),
+            (self.score in SCORE_VARIANTS, f"score must be one of {SCORE_VARIANTS}, got {self.score!r}"),
+            (self.squash in SQUASHES, f"squash must be one of {SQUASHES}, got {self.squash!r}"),
+            (self.flow.steps >= 1, f"flow.steps must be >= 1, got {self.flow.steps}"),
+            (self.flow.subnet in ("residual", "simple"), f"flow.subnet must be residual or simple, got {self.flow.subnet!r}"),
+            (self.flow.clamp > 0, f"flow.clamp must be > 0, got {self.flow.clamp}"),
+            (self.flow.hidden_ratio > 0, f"flow.hidden_ratio must be > 0, got {self.flow.hidden_ratio}"),
+            (self.projection_dim >= 0, f"projection_dim must be >= 0, got {self.projection_dim}"),
+            (0.0 <= self.threshold <= 1.0, f"threshold must be in [0, 1], got {self.threshold}"),
+            (len(self.mean) == 3 and len(self.std) == 3, "mean and std need 3 values (RGB)"),
+            (all(s > 0 for s in self.std), f"std values must be > 0, got {self.std}"),
+            (len(self.encoder.input_size) == 2 and all(16 <= s <= 8192 for s in self.encoder.input_size),
+             f"encoder.input_size must be [height, width] in 16..8192, got {self.encoder.input_size}"),
+            (len(self.encoder.layers) >= 1, "encoder.layers needs at least one layer"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a dict, rejecting unknown keys and values of the wrong type."""
+        return _from_dict(cls, data, "")
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where or 'config'}: {', '.join(unknown)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against a type hint, converting lists to tuples and dicts to dataclasses."""
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, where + ".")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: value {value!r} does not fit {hint}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        items = [_coerce(args[0], v, where) for v in value] if args else list(value)
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool):
+        if type(value) is not hint:
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a nested dict copy."""
+    import copy
+
+    import yaml
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a mapping")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_model_config(path: str | None, overrides: list[str] = ()) -> ModelConfig:
+    """A ModelConfig from a YAML file (or the defaults) plus ``key=value`` overrides."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    data = apply_overrides(data, list(overrides))
+    if "head" in data:  # the head's defaults, then whatever flow keys were given
+        flow = data.get("flow") or {}
+        if not isinstance(flow, dict):
+            raise ConfigError("flow must be a mapping")
+        data["flow"] = {**dataclasses.asdict(FlowConfig.for_head(data["head"])), **flow}
+    return ModelConfig.from_dict(data)

@@ -1,0 +1,104 @@
+"""The encoder interface and the registry that builds encoders by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import Tensor, nn
+
+
+class WeightsError(ValueError):
+    """A pretrained weights file is missing, unreadable or does not fit the encoder."""
+
+
+@dataclass
+class EncoderConfig:
+    """What selects and configures a frozen feature encoder.
+
+    name: registry name, e.g. ``efficientnet_lite0`` or ``dinov2_vitb14``.
+    layers: indices of the blocks whose outputs are the feature maps (one flow each).
+    weights: where pretrained weights come from: a file path, ``"package"`` for weights
+        shipped in a Python package, or ``None`` for random initialisation (tests only).
+    input_size: (height, width) the model runs at; ViTs size their position embedding
+        for it once, at build time.
+    options: encoder-specific settings (for example Rein adapter settings).
+    """
+
+    name: str = "efficientnet_lite0"
+    layers: list[int] = field(default_factory=lambda: [4, 10])
+    weights: str | None = "package"
+    input_size: tuple[int, int] = (480, 640)
+    options: dict = field(default_factory=dict)
+
+
+class Encoder(nn.Module):
+    """A frozen backbone mapping a normalised image batch to a list of feature maps.
+
+    Subclasses set ``channels`` and ``strides`` (one entry per configured layer) and
+    ``pad_multiple`` (input height and width are padded to a multiple of it), and
+    implement ``forward(x) -> list[Tensor]`` returning ``B x C_i x H/s_i x W/s_i`` maps.
+    ``forward`` must be traceable by ``torch.export`` (no data-dependent Python branches).
+    """
+
+    channels: list[int]
+    strides: list[int]
+    pad_multiple: int
+
+    def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+EncoderBuilder = Callable[[EncoderConfig], Encoder]
+_REGISTRY: dict[str, EncoderBuilder] = {}
+
+
+def register_encoder(*names: str) -> Callable[[EncoderBuilder], EncoderBuilder]:
+    """Decorator registering a builder ``fn(config) -> Encoder`` under one or more names."""
+
+    def wrap(fn: EncoderBuilder) -> EncoderBuilder:
+        for name in names:
+            _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def available_encoders() -> list[str]:
+    """Names accepted by :func:`build_encoder`."""
+    return sorted(_REGISTRY)
+
+
+def build_encoder(config: EncoderConfig) -> Encoder:
+    """Build the encoder named in ``config``, load its weights and freeze it (eval mode)."""
+    try:
+        builder = _REGISTRY[config.name]
+    except KeyError:
+        raise ValueError(
+            f"unknown encoder {config.name!r}; available: {', '.join(available_encoders())}"
+        ) from None
+    encoder = builder(config)
+    encoder.requires_grad_(False)
+    return encoder.eval()
+
+
+def check_state_dict(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``module`` strictly, or raise WeightsError naming the first mismatches."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:5])}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:5])}")
+    if wrong:
+        problems.append(f"shape mismatches: {', '.join(wrong[:5])}")
+    if problems:
+        raise WeightsError(f"weights in {source} do not fit {type(module).__name__}: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,131 @@
+"""The ROS-free detector: RGB uint8 frames in, score maps, masks and hazards out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flowclas_ros.model.bundle import load_bundle
+from flowclas_ros.model.network import FlowCLASNet
+from flowclas_ros.runtime.hazards import Hazard, find_hazards
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MAX_SIDE = 16384
+
+
+@dataclass
+class Detection:
+    """Result for one frame: ``score`` float32 H x W in [0, 1], ``mask`` bool H x W."""
+
+    score: np.ndarray
+    mask: np.ndarray
+    threshold: float
+    hazards: list[Hazard] = field(default_factory=list)
+
+
+def as_rgb_batch(frames: np.ndarray) -> np.ndarray:
+    """Validate frames and return a ``B x H x W x 3`` uint8 view or copy.
+
+    Accepts ``H x W x 3`` (RGB), ``H x W x 4`` (RGBA, alpha dropped), ``H x W`` (grey) and
+    batches of those with a leading axis.
+    """
+    if not isinstance(frames, np.ndarray):
+        raise TypeError(f"frames must be a numpy array, got {type(frames).__name__}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
+    if frames.ndim == 2 or (frames.ndim == 3 and frames.shape[-1] not in (3, 4)):
+        frames = np.repeat(frames[..., None], 3, axis=-1)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] not in (3, 4):
+        raise ValueError(f"frames must be HxWx3 or BxHxWx3, got shape {frames.shape}")
+    b, h, w = frames.shape[:3]
+    if b < 1 or not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise ValueError(f"frame size {h}x{w} (batch {b}) is outside 1..{MAX_SIDE} pixels a side")
+    return frames[..., :3]
+
+
+class Detector:
+    """Runs a FlowCLAS network on frames of any size.
+
+    Frames are resized to the model's input size, normalised, scored, and the score map is
+    resized back to each frame's resolution. ``threshold`` defaults to the bundle's
+    calibrated value; regions smaller than ``min_area`` pixels are not reported as hazards.
+    """
+
+    def __init__(
+        self,
+        model: FlowCLASNet,
+        device: str = "cpu",
+        precision: str = "fp32",
+        threshold: float | None = None,
+        min_area: int = 0,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.device = torch.device(device)
+        self.dtype = PRECISIONS[precision]
+        self.model = model.to(self.device).eval()
+        config = model.config
+        self.input_size = tuple(config.encoder.input_size)
+        self.mean = torch.tensor(config.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(config.std, device=self.device).view(1, 3, 1, 1)
+        self.threshold = config.threshold if threshold is None else threshold
+        self.min_area = min_area
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, device: str = "cpu", precision: str = "fp32", **kwargs) -> "Detector":
+        """Load a bundle and wrap it."""
+        return cls(load_bundle(path, device=device), device=device, precision=precision, **kwargs)
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {value}")
+        self._threshold = float(value)
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """``B x H x W x 3`` uint8 -> normalised ``B x 3 x h x w`` float at the model input size."""
+        if not (frames.flags.writeable and frames.flags.c_contiguous):
+            frames = np.array(frames)  # torch needs a writable, contiguous buffer
+        x = torch.from_numpy(frames).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
+        return (x - self.mean) / self.std
+
+    @torch.inference_mode()
+    def score(self, frames: np.ndarray) -> np.ndarray:
+        """Score maps (float32 in [0, 1]) at each frame's resolution; same batch layout as input."""
+        batch = as_rgb_batch(frames)
+        x = self.preprocess(batch)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            s = self.model(x)
+        s = s.float()[:, None]
+        h, w = batch.shape[1:3]
+        if tuple(s.shape[-2:]) != (h, w):
+            s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False)
+        out = s[:, 0].clamp_(0.0, 1.0).cpu().numpy()
+        return out if frames.ndim == 4 else out[0]
+
+    def detect(self, frame: np.ndarray) -> Detection:
+        """Score, mask at the threshold, and hazard regions for one frame."""
+        if frame.ndim == 4:
+            raise ValueError("detect takes one frame; use detect_batch for a batch")
+        return self._finish(self.score(frame))
+
+    def detect_batch(self, frames: np.ndarray) -> list[Detection]:
+        """``detect`` for a ``B x H x W x 3`` batch."""
+        return [self._finish(s) for s in self.score(as_rgb_batch(frames))]
+
+    def _finish(self, score: np.ndarray) -> Detection:
+        mask = score >= self.threshold
+        return Detection(score, mask, self.threshold, find_hazards(mask, score, self.min_area))

@@ -1,0 +1,38 @@
+"""Shared fixtures: small configs and networks that build in milliseconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowclas_ros.model import EncoderConfig, FlowCLASNet, FlowConfig, ModelConfig
+
+
+def small_config(**changes) -> ModelConfig:
+    """EfficientNet-Lite0 with random weights, two scales, a short flow: fast to build and run."""
+    fields = dict(
+        encoder=EncoderConfig(name="efficientnet_lite0", layers=[2, 4], weights=None, input_size=(64, 96)),
+        flow=FlowConfig(steps=2, hidden_ratio=0.5),
+        projection_dim=16,
+    )
+    fields.update(changes)
+    return ModelConfig(**fields)
+
+
+@pytest.fixture
+def small_net() -> FlowCLASNet:
+    torch.manual_seed(0)
+    return randomize_head(FlowCLASNet(small_config())).eval()
+
+
+def randomize_head(net: FlowCLASNet, scale: float = 0.05) -> FlowCLASNet:
+    """Give every head tensor small random values so the flow is not the identity."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if not name.startswith("encoder."):
+                p.add_(torch.randn(p.shape, generator=generator) * scale)
+        for module in net.modules():
+            if hasattr(module, "initialized"):
+                module.initialized.fill_(True)
+    return net
