@@ -13,7 +13,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 # Subcommands of architecture.md that later work delivers; they say so instead of failing oddly.
 PLANNED = {
-    "demo": "the offline demo (synthetic bag, bundled model, replay, metrics, pictures)",
     "synth": "the synthetic dataset and camera bag generator",
     "train": "training",
     "eval": "evaluation on the benchmark datasets",
@@ -107,6 +106,32 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Interim demo: the detector pipeline on sample photographs with an untrained bundle.
+
+    The full demo (synthetic camera bag, trained demo model, replay, metrics) replaces this
+    once training and replay exist; the maps here show the pipeline, not real anomalies.
+    """
+    try:
+        from skimage import data
+    except ImportError:
+        raise UserError("the demo needs scikit-image for its sample photos (pip install scikit-image)") from None
+    out = Path(args.output)
+    photos = out / "photos"
+    photos.mkdir(parents=True, exist_ok=True)
+    for name in ("chelsea", "astronaut", "coffee", "rocket"):
+        write_png(photos / f"{name}.png", getattr(data, name)())
+    bundle = out / "untrained_bundle"
+    cmd_init(argparse.Namespace(config=None, set=["flow.steps=4"], output=str(bundle)))
+    detect = argparse.Namespace(
+        model=str(bundle), input=str(photos), output=str(out / "detections"),
+        device="cpu", precision="fp32", threshold=None, min_area=0,
+    )
+    status = cmd_detect(detect)
+    print(f"flowclas demo: untrained model, pipeline only; see {out / 'detections'} (*_overlay.png, detections.json)")
+    return status
+
+
 def cmd_planned(args: argparse.Namespace) -> int:
     print(f"flowclas {args.command}: not available yet ({PLANNED[args.command]} is still being built)", file=sys.stderr)
     return 2
@@ -135,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--output", required=True, help="bundle directory to write")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("demo", help="offline demo (interim: detector pipeline on sample photos)")
+    p.add_argument("--output", default="out/demo", help="output folder")
+    p.set_defaults(func=cmd_demo)
 
     for name, what in PLANNED.items():
         p = sub.add_parser(name, help=f"{what} (not available yet)")

@@ -11,7 +11,7 @@ from flowclas_ros.model.encoders.base import (
 
 # Importing the modules registers their encoders.
 from flowclas_ros.model.encoders import efficientnet as _efficientnet  # noqa: F401,E402
-# TEMP from flowclas_ros.model.encoders import dinov2 as _dinov2  # noqa: F401,E402
+from flowclas_ros.model.encoders import dinov2 as _dinov2  # noqa: F401,E402
 
 __all__ = [
     "Encoder",

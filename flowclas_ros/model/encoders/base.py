@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
+import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 
@@ -102,3 +105,34 @@ def check_state_dict(module: nn.Module, state: dict[str, Tensor], source: str) -
     if problems:
         raise WeightsError(f"weights in {source} do not fit {type(module).__name__}: " + "; ".join(problems))
     module.load_state_dict(state, strict=True)
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """Read the tensors of a ``.pth`` (``weights_only``) or ``.safetensors`` file.
+
+    A directory means its ``model.safetensors``; tensors nested under a ``state_dict``
+    entry (mmseg/mmengine checkpoints) are unwrapped.
+    """
+    file = Path(path)
+    if file.is_dir():
+        file = file / "model.safetensors"
+    if not file.is_file():
+        raise WeightsError(f"weights file not found: {file}")
+    try:
+        if file.suffix == ".safetensors":
+            state = load_file(str(file), device="cpu")
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # unreadable, corrupt, or pickles non-tensor objects
+        raise WeightsError(
+            f"cannot read weights {file} as safetensors or a weights-only torch file "
+            f"(for mmengine checkpoints save the 'state_dict' entry alone): {err}"
+        ) from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"weights in {file} are not a dict of tensors")
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise WeightsError(f"weights in {file} hold no tensors")
+    return tensors

