@@ -1,0 +1,1 @@
+"""Offline training and evaluation of FlowCLAS models (depends on flowclas_ros, never the reverse)."""
