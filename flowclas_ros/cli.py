@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from flowclas_ros.errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
-# Subcommands of architecture.md that later work delivers; they say so instead of failing oddly.
-PLANNED = {
-    "synth": "the synthetic dataset and camera bag generator",
-    "train": "training",
-    "eval": "evaluation on the benchmark datasets",
-    "replay": "rosbag2 replay",
-    "export": "compiled backends (torch-export, ONNX, TensorRT)",
-    "bench": "the latency benchmark",
+# Subcommands implemented in their own modules: each has ``add_arguments(parser)`` and
+# ``run(args) -> int`` and imports its heavy dependencies inside ``run``.
+COMMANDS = {
+    "demo": ("flowclas_ros.demo", "offline demo: synthetic bag, bundled model, replay, metrics, pictures"),
+    "synth": ("flowclas_ros.synthetic", "write a synthetic dataset (folder layout) and a camera rosbag"),
+    "train": ("training.train", "train a model; writes RUN/model (a bundle) and logs"),
+    "eval": ("training.evaluate", "metrics.json, curves and heatmaps on a dataset"),
+    "prepare-coco": ("training.coco", "turn COCO train2017 into outlier masks (Meta-OoD filtering)"),
+    "replay": ("flowclas_ros.replay", "replay a rosbag2 through the pipeline; annotated bag and metrics"),
+    "export": ("flowclas_ros.export", "compiled artefacts (torch-export, ONNX, TensorRT) inside a bundle"),
+    "bench": ("flowclas_ros.bench", "latency and throughput per backend and resolution"),
 }
-
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit status 1."""
 
 
 def list_images(path: Path) -> list[Path]:
@@ -106,37 +108,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Interim demo: the detector pipeline on sample photographs with an untrained bundle.
-
-    The full demo (synthetic camera bag, trained demo model, replay, metrics) replaces this
-    once training and replay exist; the maps here show the pipeline, not real anomalies.
-    """
-    try:
-        from skimage import data
-    except ImportError:
-        raise UserError("the demo needs scikit-image for its sample photos (pip install scikit-image)") from None
-    out = Path(args.output)
-    photos = out / "photos"
-    photos.mkdir(parents=True, exist_ok=True)
-    for name in ("chelsea", "astronaut", "coffee", "rocket"):
-        write_png(photos / f"{name}.png", getattr(data, name)())
-    bundle = out / "untrained_bundle"
-    cmd_init(argparse.Namespace(config=None, set=["flow.steps=4"], output=str(bundle)))
-    detect = argparse.Namespace(
-        model=str(bundle), input=str(photos), output=str(out / "detections"),
-        device="cpu", precision="fp32", threshold=None, min_area=0,
-    )
-    status = cmd_detect(detect)
-    print(f"flowclas demo: untrained model, pipeline only; see {out / 'detections'} (*_overlay.png, detections.json)")
-    return status
-
-
-def cmd_planned(args: argparse.Namespace) -> int:
-    print(f"flowclas {args.command}: not available yet ({PLANNED[args.command]} is still being built)", file=sys.stderr)
-    return 2
-
-
 def build_parser() -> argparse.ArgumentParser:
     from flowclas_ros import __version__
 
@@ -161,15 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="bundle directory to write")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("demo", help="offline demo (interim: detector pipeline on sample photos)")
-    p.add_argument("--output", default="out/demo", help="output folder")
-    p.set_defaults(func=cmd_demo)
-
-    for name, what in PLANNED.items():
-        p = sub.add_parser(name, help=f"{what} (not available yet)")
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=cmd_planned)
+    for name, (module, what) in COMMANDS.items():
+        p = sub.add_parser(name, help=what, description=what)
+        try:
+            command = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not module.startswith(exc.name):
+                raise
+            p.set_defaults(func=_missing(name, module))
+            continue
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
     return parser
+
+
+def _missing(name: str, module: str):
+    def run(args: argparse.Namespace) -> int:
+        raise UserError(f"{name} is not part of this installation ({module} is missing)")
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

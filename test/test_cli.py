@@ -46,7 +46,6 @@ def test_init_then_detect_on_a_folder(tmp_path, photos, capsys):
         (["init", "--output", "o", "--set", "head=unknown"], "unknown head"),
         (["init", "--output", "o", "--set", "flow.steps=0"], "flow.steps"),
         (["init", "--output", "o", "--config", "/nonexistent.yaml"], "cannot read config"),
-        (["train"], "not available yet"),
     ],
 )
 def test_errors_are_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):

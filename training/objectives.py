@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flowclas_ros.model.config import ConfigError
 from flowclas_ros.model.flow import DiagonalGaussian
 
 INLIER, OUTLIER, IGNORE = 0, 1, 255
@@ -134,9 +135,9 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         if self.name not in ("flowclas", "ml", "outlier_nll"):
-            raise ValueError(f"objective must be flowclas, ml or outlier_nll, got {self.name!r}")
+            raise ConfigError(f"objective must be flowclas, ml or outlier_nll, got {self.name!r}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
 
 
 def compute_loss(

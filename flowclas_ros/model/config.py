@@ -98,10 +98,10 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         """Build from a dict, rejecting unknown keys and values of the wrong type."""
-        return _from_dict(cls, data, "")
+        return dataclass_from_dict(cls, data, "")
 
 
-def _from_dict(cls: type, data: Any, where: str) -> Any:
+def dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -119,7 +119,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     """Check ``value`` against a type hint, converting lists to tuples and dicts to dataclasses."""
     if dataclasses.is_dataclass(hint):
-        return _from_dict(hint, value, where + ".")
+        return dataclass_from_dict(hint, value, where + ".")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -184,10 +184,14 @@ def load_model_config(path: str | None, overrides: list[str] = ()) -> ModelConfi
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
-    data = apply_overrides(data, list(overrides))
-    if "head" in data:  # the head's defaults, then whatever flow keys were given
-        flow = data.get("flow") or {}
-        if not isinstance(flow, dict):
-            raise ConfigError("flow must be a mapping")
-        data["flow"] = {**dataclasses.asdict(FlowConfig.for_head(data["head"])), **flow}
-    return ModelConfig.from_dict(data)
+    return ModelConfig.from_dict(with_head_defaults(apply_overrides(data, list(overrides))))
+
+
+def with_head_defaults(model: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``flow`` with the named head's defaults, then the flow keys given."""
+    if "head" not in model:
+        return model
+    flow = model.get("flow") or {}
+    if not isinstance(flow, dict):
+        raise ConfigError("flow must be a mapping")
+    return {**model, "flow": {**dataclasses.asdict(FlowConfig.for_head(model["head"])), **flow}}

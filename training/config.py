@@ -1,0 +1,114 @@
+"""Training configuration: a YAML recipe plus ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flowclas_ros.model.config import ConfigError, ModelConfig, dataclass_from_dict, apply_overrides, with_head_defaults
+from training.objectives import ObjectiveConfig
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class DataConfig:
+    """Where images come from.
+
+    dataset: inlier training set (``folder``, ``allo``, ``cityscapes``); outliers: outlier
+    source root (``folder`` layout or prepared COCO, per ``outlier_dataset``), or None for
+    the ``ml`` objective; resize: factor applied to inlier images before cropping to the
+    model input size (e.g. 0.5 so full frames resized at inference match); val_fraction: share of training images held out, with outliers
+    pasted deterministically, for validation, checkpoint selection and calibration.
+    """
+
+    dataset: str = "folder"
+    root: str = ""
+    outliers: str | None = None
+    outlier_dataset: str = "folder"
+    paste_recipe: str = "default"
+    resize: float = 1.0
+    val_fraction: float = 0.1
+    max_val_images: int = 64
+    workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with weight decay only on projection weights; linear warm-up then cosine decay."""
+
+    lr: float = 1e-5
+    weight_decay: float = 1e-5
+    warmup: float = 0.1
+    batch_size: int = 8
+    steps: int = 1000
+    precision: str = "auto"
+    grad_clip: float | None = None
+
+
+@dataclass
+class RunConfig:
+    """Bookkeeping: seed, intervals in steps, processes, calibration target FPR."""
+
+    seed: int = 0
+    devices: int = 1
+    log_every: int = 10
+    val_every: int = 200
+    checkpoint_every: int = 100
+    calibrate_fpr: float = 0.05
+    bins: int = 2000
+
+
+@dataclass
+class TrainConfig:
+    """A whole training recipe."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.optim.steps >= 1, "optim.steps must be >= 1"),
+            (self.optim.batch_size >= 1, "optim.batch_size must be >= 1"),
+            (self.optim.lr > 0, "optim.lr must be > 0"),
+            (0 <= self.optim.warmup < 1, "optim.warmup is a fraction of steps in [0, 1)"),
+            (self.optim.precision in ("auto", "fp32", "bf16", "fp16"), "optim.precision: auto, fp32, bf16 or fp16"),
+            (self.run.devices >= 1, "run.devices must be >= 1"),
+            (self.optim.batch_size % self.run.devices == 0, "optim.batch_size (global) must divide by run.devices"),
+            (0 < self.run.calibrate_fpr < 1, "run.calibrate_fpr must be in (0, 1)"),
+            (0 <= self.data.val_fraction < 1, "data.val_fraction must be in [0, 1)"),
+            (self.objective.name == "ml" or self.data.outliers, f"objective {self.objective.name} needs data.outliers"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """A recipe by file path or by name (``synthetic``, ``folder``, ``allo``, ``cityscapes``)."""
+    data: dict[str, Any] = {}
+    if path:
+        file = Path(path)
+        if not file.is_file() and (RECIPES / f"{path}.yaml").is_file():
+            file = RECIPES / f"{path}.yaml"
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except OSError as exc:
+            names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+            raise ConfigError(f"cannot read recipe {path}: {exc.strerror} (built-in recipes: {names})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from None
+    data = apply_overrides(data, list(overrides))
+    if isinstance(data.get("model"), dict):
+        data["model"] = with_head_defaults(data["model"])
+    return dataclass_from_dict(TrainConfig, data, "")
