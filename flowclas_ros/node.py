@@ -1,0 +1,265 @@
+"""The ROS 2 node: a thin rclpy adapter around the ROS-free frame pipeline.
+
+Subscribes to ``image`` (sensor_msgs/Image) or ``image/compressed`` (CompressedImage) and
+publishes, with the input header, ``anomaly_score`` (32FC1), ``anomaly_mask`` (mono8),
+``anomaly_overlay`` (bgr8, only while subscribed and enabled), ``hazards``
+(vision_msgs/Detection2DArray), ``label_info`` (vision_msgs/LabelInfo, transient local)
+and ``/diagnostics``. Inference runs in a worker thread fed by a keep-latest slot
+(flowclas_ros.live), so the executor never blocks and frames never queue.
+
+Several cameras in one process (``flowclas_node --cameras front rear``): one node per
+camera namespace, all spun by one executor and sharing one loaded model (rclpy has no
+component container, so the process builds the nodes itself). Each node keeps its own
+slot, worker, threshold and statistics; a lock lets one frame at a time use the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import copy
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.utilities import remove_ros_args
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose, VisionClass
+
+from flowclas_ros.live import PARAMETERS, LatestSlot, LiveStats, check_parameters
+from flowclas_ros.runtime.codecs import encode_image
+from flowclas_ros.runtime.hazards import Hazard
+from flowclas_ros.runtime.messages import ANOMALY_CLASS, MASK_CLASSES
+
+NODE_NAME = "flowclas_detector"
+
+
+class RclpyFactory:
+    """MessageFactory building rclpy messages, with the conventions of runtime.messages."""
+
+    def image(self, header: Header, pixels: np.ndarray, encoding: str) -> Image:
+        e = encode_image(pixels, encoding)
+        msg = Image(header=header, height=e.height, width=e.width, encoding=e.encoding)
+        msg.is_bigendian, msg.step = int(e.is_bigendian), e.step
+        msg.data = array.array("B", e.data.tobytes())  # the generated setter's fast path
+        return msg
+
+    def hazards(self, header: Header, hazards: Sequence[Hazard], threshold: float) -> Detection2DArray:
+        out = Detection2DArray(header=header)
+        for hazard in hazards:
+            det = Detection2D(header=header, id=f"area={hazard.area}")
+            det.bbox.center.position.x, det.bbox.center.position.y = hazard.center
+            det.bbox.size_x, det.bbox.size_y = float(hazard.width), float(hazard.height)
+            result = ObjectHypothesisWithPose()
+            result.hypothesis.class_id = ANOMALY_CLASS
+            result.hypothesis.score = float(hazard.peak_score)
+            result.pose.pose.orientation.w = 1.0
+            det.results.append(result)
+            out.detections.append(det)
+        return out
+
+    def label_info(self, header: Header, threshold: float) -> LabelInfo:
+        class_map = [VisionClass(class_id=value, class_name=name) for value, name in MASK_CLASSES]
+        return LabelInfo(header=header, class_map=class_map, threshold=float(threshold))
+
+
+def _descriptor(name: str) -> ParameterDescriptor:
+    spec = PARAMETERS[name]
+    descriptor = ParameterDescriptor(name=name, description=spec.description, read_only=not spec.dynamic)
+    if spec.choices:
+        descriptor.additional_constraints = "one of: " + ", ".join(spec.choices)
+    if spec.range and isinstance(spec.default, int) and not isinstance(spec.default, bool):
+        descriptor.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=1)]
+    elif spec.range:
+        descriptor.floating_point_range = [FloatingPointRange(from_value=spec.range[0], to_value=spec.range[1], step=0.0)]
+    return descriptor
+
+
+class DetectorNode(Node):
+    """FlowCLAS on one camera. ``shared`` (multi-camera) maps model settings to a loaded
+    (detector, lock) pair so cameras with the same settings load the model once."""
+
+    def __init__(self, namespace: str = "", shared: dict | None = None, **kwargs) -> None:
+        super().__init__(NODE_NAME, namespace=namespace, **kwargs)
+        values = {
+            name: self.declare_parameter(name, spec.default, _descriptor(name)).value for name, spec in PARAMETERS.items()
+        }
+        if (reason := check_parameters(values, running=False)) is not None:
+            raise ValueError(reason)
+        if not values["model"]:
+            raise ValueError("parameter 'model' (a bundle directory) is required")
+        self.detector, self.model_lock = self._load(values, {} if shared is None else shared)
+        self.bundle_threshold = self.detector.threshold
+        self._set_threshold(values["threshold"])
+        self.overlay = values["overlay"]
+        self.min_interval = 1.0 / values["max_rate"] if values["max_rate"] > 0 else 0.0
+        self.pipeline = self._pipeline(values)
+        self.stats = LiveStats(backend=values["backend"], device=values["device"])
+
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=values["qos_depth"],
+            reliability=ReliabilityPolicy.BEST_EFFORT
+            if values["qos_reliability"] == "best_effort"
+            else ReliabilityPolicy.RELIABLE,
+        )
+        out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=1,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        self.outputs = {
+            "anomaly_score": self.create_publisher(Image, "anomaly_score", out_qos),
+            "anomaly_mask": self.create_publisher(Image, "anomaly_mask", out_qos),
+            "anomaly_overlay": self.create_publisher(Image, "anomaly_overlay", out_qos),
+            "hazards": self.create_publisher(Detection2DArray, "hazards", out_qos),
+        }
+        self.label_pub = self.create_publisher(LabelInfo, "label_info", latched)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.frame_id = ""
+        self._publish_label_info()
+
+        self.slot: LatestSlot = LatestSlot()
+        if values["use_compressed"]:
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+        else:
+            self.create_subscription(Image, "image", self._on_image, qos)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.add_on_set_parameters_callback(self._on_parameters)
+        self.worker = threading.Thread(target=self._work, name=f"flowclas-{self.get_name()}", daemon=True)
+        self.worker.start()
+        self.get_logger().info(
+            f"model {values['model']} on {values['backend']}/{values['device']}, threshold {self.detector.threshold:.3f}, "
+            f"input {self.resolve_topic_name('image/compressed' if values['use_compressed'] else 'image')}"
+        )
+
+    @staticmethod
+    def _load(values: dict, shared: dict):
+        from flowclas_ros.runtime.detector import Detector
+
+        key = (values["model"], values["backend"], values["device"], values["precision"])
+        if key not in shared:
+            detector = Detector.from_bundle(
+                values["model"], device=values["device"], precision=values["precision"], backend=values["backend"]
+            )
+            shared[key] = (detector, threading.Lock())
+        detector, lock = shared[key]
+        return copy.copy(detector), lock  # own threshold, same loaded model
+
+    def _pipeline(self, values: dict):
+        from flowclas_ros.runtime.pipeline import FramePipeline
+        from flowclas_ros.runtime.smoothing import build_smoother
+
+        smoother = build_smoother(values["smoothing"])
+        return FramePipeline(self.detector, RclpyFactory(), smoother=smoother, min_area=values["min_hazard_area"])
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _set_threshold(self, value: float) -> None:
+        self.detector.threshold = self.bundle_threshold if value < 0 else value
+
+    def _on_image(self, msg) -> None:
+        self.stats.received += 1
+        self.stats.input_rate.tick(self._now())
+        if self.slot.put(msg):
+            self.stats.dropped += 1
+
+    def _work(self) -> None:
+        last_start = -float("inf")
+        while (msg := self.slot.take()) is not None:
+            if self.min_interval:
+                time.sleep(max(0.0, last_start + self.min_interval - time.monotonic()))
+            last_start = time.monotonic()
+            overlay = self.overlay and self.outputs["anomaly_overlay"].get_subscription_count() > 0
+            try:
+                with self.model_lock:
+                    output = self.pipeline.process(msg, overlay=overlay)
+            except Exception as exc:  # keep the node alive; the pipeline rejects bad frames itself
+                self.get_logger().error(f"frame failed: {exc}", throttle_duration_sec=5.0)
+                output = None
+            if output is None:
+                self.stats.rejected += 1
+                continue
+            for suffix, out_msg in output.messages.items():
+                self.outputs[suffix].publish(out_msg)
+            now = self._now()
+            self.stats.processed += 1
+            self.stats.output_rate.tick(now)
+            stamp = msg.header.stamp
+            self.stats.latency.add(now - (stamp.sec + stamp.nanosec * 1e-9))
+            self.frame_id = msg.header.frame_id
+
+    def _publish_label_info(self) -> None:
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
+        self.label_pub.publish(RclpyFactory().label_info(header, self.detector.threshold))
+
+    def _publish_diagnostics(self) -> None:
+        level, message = self.stats.level()
+        status = DiagnosticStatus(
+            level=bytes([level]),
+            name=f"{self.get_fully_qualified_name()}: anomaly detector",
+            message=message,
+            hardware_id=self.stats.device,
+            values=[KeyValue(key=k, value=v) for k, v in self.stats.values(self._now()).items()],
+        )
+        self.diag_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
+
+    def _on_parameters(self, params) -> SetParametersResult:
+        changes = {p.name: p.value for p in params}
+        if (reason := check_parameters(changes)) is not None:
+            return SetParametersResult(successful=False, reason=reason)
+        if "overlay" in changes:
+            self.overlay = changes["overlay"]
+        if "threshold" in changes:
+            self._set_threshold(changes["threshold"])
+            self._publish_label_info()
+            self.get_logger().info(f"threshold now {self.detector.threshold:.3f}")
+        return SetParametersResult(successful=True)
+
+    def destroy_node(self) -> None:
+        self.slot.close()
+        self.worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point ``flowclas_node [--cameras NS [NS ...]] [--ros-args ...]``."""
+    rclpy.init(args=args)
+    parser = argparse.ArgumentParser(prog="flowclas_node", description="FlowCLAS anomaly detector node")
+    parser.add_argument("--cameras", nargs="+", default=[""], metavar="NS", help="camera namespaces served by this process")
+    options = parser.parse_args(remove_ros_args(args if args is not None else sys.argv)[1:])
+    nodes, shared = [], {}
+    try:
+        try:
+            nodes = [DetectorNode(namespace=ns, shared=shared) for ns in options.cameras]
+        except Exception as exc:  # bad parameters or bundle: one line, not a traceback
+            print(f"flowclas_node: error: {exc}", file=sys.stderr)
+            return 1
+        executor = MultiThreadedExecutor()
+        for node in nodes:
+            executor.add_node(node)
+        executor.spin()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
