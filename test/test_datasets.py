@@ -1,0 +1,243 @@
+"""Dataset loaders on tiny fixtures written in each real layout."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flowclas_ros.errors import UserError
+from training.datasets import DATASETS, SkippedItemWarning, build_dataset, random_crop
+
+H, W = 6, 8
+
+
+def rgb(seed: int, h: int = H, w: int = W) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def save(path: Path, array: np.ndarray, **kwargs) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **kwargs)
+    return array
+
+
+def raw_mask(values: list[int], h: int = H, w: int = W) -> np.ndarray:
+    """A mask whose rows cycle through ``values`` (every value present)."""
+    return np.array(values, np.uint8)[np.arange(h) % len(values)][:, None].repeat(w, axis=1)
+
+
+def check_item(item, image: np.ndarray, labels: np.ndarray, name: str) -> None:
+    got_image, got_labels, got_name = item
+    assert got_image.dtype == np.uint8 and got_image.shape == image.shape
+    assert got_labels.dtype == np.uint8
+    np.testing.assert_array_equal(got_labels, labels)
+    assert got_name == name
+
+
+def lossless(image: np.ndarray, path: Path) -> None:
+    """PNG/WebP-lossless fixtures must come back bit-exact."""
+    np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), image)
+
+
+# --- folder ----------------------------------------------------------------------------------
+
+
+def test_folder_train_masks_optional(tmp_path):
+    a = save(tmp_path / "train/images/a.png", rgb(0))
+    b = save(tmp_path / "train/images/b.jpg", rgb(1))
+    save(tmp_path / "train/images/notes.txt.bak", np.zeros((2, 2), np.uint8), format="PNG")  # not an image suffix
+    save(tmp_path / "train/masks/a.png", raw_mask([0, 3, 255]))
+    ds = build_dataset("folder", tmp_path, "train")
+    assert len(ds) == 2
+    check_item(ds[0], a, raw_mask([0, 0, 255]), "a")
+    np.testing.assert_array_equal(ds[0][0], a)
+    check_item(ds[1], b, np.zeros((H, W), np.uint8), "b")  # no mask: all inlier
+    assert len(build_dataset("folder", tmp_path, "train", max_images=1)) == 1
+
+
+def test_folder_test_and_outliers(tmp_path):
+    image = save(tmp_path / "test/images/x.png", rgb(2))
+    save(tmp_path / "test/masks/x.png", raw_mask([0, 1, 255]))
+    check_item(build_dataset("folder", tmp_path, "test")[0], image, raw_mask([0, 1, 255]), "x")
+
+    out = tmp_path / "outliers"
+    obj = save(out / "images/o.png", rgb(3))
+    save(out / "masks/o.png", raw_mask([0, 254, 255]))
+    check_item(build_dataset("folder", out, "outliers")[0], obj, raw_mask([0, 254, 255]), "o")
+    ignored = build_dataset("folder", out, "outliers", ignore_background=True)[0]
+    check_item(ignored, obj, raw_mask([255, 254, 255]), "o")
+
+
+def test_folder_missing_parts_are_named(tmp_path):
+    with pytest.raises(UserError, match=f"missing folder {tmp_path}/train/images"):
+        build_dataset("folder", tmp_path, "train")
+    (tmp_path / "train/images").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"no images in .*train/images \(expected .*\*\{\.png"):
+        build_dataset("folder", tmp_path, "train")
+    save(tmp_path / "test/images/x.png", rgb(0))
+    save(tmp_path / "test/images/y.png", rgb(1))
+    save(tmp_path / "test/masks/y.png", raw_mask([0]))
+    with pytest.raises(UserError, match=r"1 of 2 images have no mask, e.g. .*test/images/x.png -> .*test/masks/x.png"):
+        build_dataset("folder", tmp_path, "test")
+    with pytest.raises(UserError, match="unknown split 'val'"):
+        build_dataset("folder", tmp_path, "val")
+    with pytest.raises(UserError, match="does not exist"):
+        build_dataset("folder", tmp_path / "nowhere", "train")
+
+
+def test_bad_names_and_options(tmp_path):
+    assert set(DATASETS) >= {"folder", "allo", "cityscapes", "coco", "rosbag", "smiyc_obstacle"}
+    with pytest.raises(UserError, match="unknown dataset 'imagenet'"):
+        build_dataset("imagenet", tmp_path, "train")
+    with pytest.raises(UserError, match=r"unknown option\(s\) image_topic \(accepted: max_images"):
+        build_dataset("cityscapes", tmp_path, "train", image_topic="/x")
+    with pytest.raises(UserError, match="max_images must be a positive integer"):
+        build_dataset("folder", tmp_path, "train", max_images=0)
+
+
+def test_corrupt_items_are_skipped_and_reported_once(tmp_path):
+    a = save(tmp_path / "test/images/a.png", rgb(0))
+    (tmp_path / "test/images/b.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # corrupt image
+    c = save(tmp_path / "test/images/c.png", rgb(2))
+    save(tmp_path / "test/images/d.png", rgb(3))
+    for stem in "abc":
+        save(tmp_path / f"test/masks/{stem}.png", raw_mask([0, 1]))
+    save(tmp_path / "test/masks/d.png", raw_mask([0, 7]))  # value outside 0/1/255
+    ds = build_dataset("folder", tmp_path, "test")
+    with pytest.warns(SkippedItemWarning, match=r"b\.png") as record:
+        item = ds[1]
+    check_item(item, c, raw_mask([0, 1]), "c")  # the next readable item
+    assert len(record) == 1
+    with pytest.warns(SkippedItemWarning, match=r"d\.png: mask values \[7\] are not in this layout's \[0, 1, 255\]"):
+        check_item(ds[3], a, raw_mask([0, 1]), "a")  # wraps around
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported once: no second warning
+        assert [item[2] for item in ds] == ["a", "c", "c", "a"]
+    assert sorted(ds.skipped) == [1, 3] and "cannot read image" in ds.skipped[1]
+    np.testing.assert_array_equal(ds[0][0], a)
+
+
+def test_mask_size_mismatch_is_skipped(tmp_path):
+    save(tmp_path / "test/images/a.png", rgb(0))
+    save(tmp_path / "test/masks/a.png", raw_mask([0], h=H + 1))
+    ds = build_dataset("folder", tmp_path, "test")
+    with pytest.warns(SkippedItemWarning, match="mask is"), pytest.raises(UserError, match="no usable items"):
+        ds[0]
+
+
+# --- named benchmark and training sets ---------------------------------------------------------
+
+
+def test_allo(tmp_path):
+    train = tmp_path / "train_v3/site1/normal/run2/images/0001.png"
+    image = save(train, rgb(0))
+    save(tmp_path / "train_v3/site1/normal/run2/masks/0001.png", raw_mask([0, 7, 8, 255]))
+    save(tmp_path / "train_v3/site1/anomalous/run3/images/0002.png", rgb(1))  # not a normal frame: not training
+    ds = build_dataset("allo", tmp_path, "train")
+    assert len(ds) == 1
+    check_item(ds[0], image, raw_mask([0, 0, 255, 255]), "site1_normal_run2_images_0001")
+
+    anomalous = save(tmp_path / "test_v3/s/anomalous/images/0003.png", rgb(2))
+    save(tmp_path / "test_v3/s/anomalous/masks/0003.png", raw_mask([3, 8, 255]))
+    normal = save(tmp_path / "test_v3/s/normal/images/0004.png", rgb(3))  # no mask: all inlier
+    ds = build_dataset("allo", tmp_path, "test")
+    check_item(ds[0], anomalous, raw_mask([0, 1, 255]), "s_anomalous_images_0003")
+    check_item(ds[1], normal, np.zeros((H, W), np.uint8), "s_normal_images_0004")
+
+    (tmp_path / "test_v3/s/anomalous/masks/0003.png").unlink()
+    with pytest.raises(UserError, match=r"allo: 1 of 2 images have no mask, e.g. .*anomalous/images/0003.png -> .*anomalous/masks/0003.png"):
+        build_dataset("allo", tmp_path, "test")
+    with pytest.raises(UserError, match=r"missing folder .*/site1/train_v3 \(expected .*/site1/train_v3/\*\*/normal/"):
+        build_dataset("allo", tmp_path / "train_v3/site1", "train")  # a root without train_v3
+    (tmp_path / "train_v3/site1/normal").rename(tmp_path / "train_v3/site1/other")
+    with pytest.raises(UserError, match=r"no images matching .*train_v3/\*\*/normal/\*\*/images/\*.png"):
+        build_dataset("allo", tmp_path, "train")
+
+def test_cityscapes(tmp_path):
+    image = save(tmp_path / "leftImg8bit/val/bonn/bonn_000001_000019_leftImg8bit.png", rgb(0))
+    label_ids = raw_mask([0, 7, 26, 33, 34, 6, 255])  # unlabeled, road, car, bicycle, unknown, ground, license plate
+    save(tmp_path / "gtFine/val/bonn/bonn_000001_000019_gtFine_labelIds.png", label_ids)
+    ds = build_dataset("cityscapes", tmp_path, "val")
+    check_item(ds[0], image, raw_mask([255, 0, 0, 0, 255, 255, 255]), "bonn_000001_000019")
+    with pytest.raises(UserError, match=f"cityscapes: missing folder {tmp_path}/leftImg8bit/train"):
+        build_dataset("cityscapes", tmp_path, "train")
+    (tmp_path / "gtFine/val/bonn/bonn_000001_000019_gtFine_labelIds.png").unlink()
+    with pytest.raises(UserError, match="bonn_000001_000019_gtFine_labelIds.png"):
+        build_dataset("cityscapes", tmp_path, "val")
+
+
+def test_coco_outliers(tmp_path):
+    image = save(tmp_path / "train2017/000000000009.jpg", rgb(0))
+    save(tmp_path / "train2017/000000000025.jpg", rgb(1))  # filtered out: no mask, not in the set
+    save(tmp_path / "ood_seg_train2017/000000000009.png", raw_mask([0, 254]))
+    ds = build_dataset("coco", tmp_path, "outliers")
+    assert len(ds) == 1
+    check_item(ds[0], image, raw_mask([0, 254]), "000000000009")
+    check_item(build_dataset("coco", tmp_path, "outliers", ignore_background=True)[0], image, raw_mask([255, 254]), "000000000009")
+    save(tmp_path / "ood_seg_train2017/000000000030.png", raw_mask([0, 254]))
+    with pytest.raises(UserError, match=r"1 of 2 masks have no image, e.g. .*000000000030.png -> .*train2017/000000000030.jpg"):
+        build_dataset("coco", tmp_path, "outliers")
+    with pytest.raises(UserError, match="unknown split 'train'"):
+        build_dataset("coco", tmp_path, "train")
+
+
+def test_fishyscapes_laf(tmp_path):
+    image = save(tmp_path / "images/0000_04_Maurener_Weg_8_000000_000030.png", rgb(0))
+    save(tmp_path / "labels/0000_04_Maurener_Weg_8_000000_000030.png", raw_mask([0, 1, 255]))
+    check_item(build_dataset("fishyscapes_laf", tmp_path, "test")[0], image, raw_mask([0, 1, 255]), "0000_04_Maurener_Weg_8_000000_000030")
+    with pytest.raises(UserError, match=f"fishyscapes_laf: missing folder {tmp_path}/labels/images"):
+        build_dataset("fishyscapes_laf", tmp_path / "labels", "test")
+
+
+def test_road_anomaly(tmp_path):
+    image = save(tmp_path / "frames/animals01_calves.jpg", rgb(0))
+    save(tmp_path / "frames/animals01_calves.labels/labels_semantic.png", raw_mask([0, 2, 255]))
+    check_item(build_dataset("road_anomaly", tmp_path, "test")[0], image, raw_mask([0, 1, 255]), "animals01_calves")
+
+
+@pytest.mark.parametrize("name, track, suffix", [("smiyc_anomaly", "dataset_AnomalyTrack", "jpg"), ("smiyc_obstacle", "dataset_ObstacleTrack", "webp")])
+def test_smiyc(tmp_path, name, track, suffix):
+    base = tmp_path / track
+    image = save(base / f"images/validation0001.{suffix}", rgb(0), **({"lossless": True} if suffix == "webp" else {}))
+    save(base / f"images/test0001.{suffix}", rgb(1))  # unlabelled test frame: not part of the set
+    save(base / "labels_masks/validation0001_labels_semantic.png", raw_mask([0, 1, 255]))
+    for root in (tmp_path, base):  # the parent folder or the track folder itself
+        ds = build_dataset(name, root, "test")
+        assert len(ds) == 1
+        check_item(ds[0], image, raw_mask([0, 1, 255]), "validation0001")
+    if suffix == "webp":
+        lossless(image, base / "images/validation0001.webp")
+
+
+# --- random_crop --------------------------------------------------------------------------------
+
+
+def test_random_crop_crops_inside():
+    image = np.arange(10 * 12 * 3, dtype=np.uint32).reshape(10, 12, 3).astype(np.uint8)
+    labels = (np.arange(10 * 12).reshape(10, 12) % 250).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(20):
+        crop, crop_labels = random_crop(image, labels, (4, 5), rng)
+        assert crop.shape == (4, 5, 3) and crop_labels.shape == (4, 5)
+        y, x = divmod(int(np.flatnonzero(labels == crop_labels[0, 0])[0]), 12)
+        np.testing.assert_array_equal(crop_labels, labels[y : y + 4, x : x + 5])
+        np.testing.assert_array_equal(crop, image[y : y + 4, x : x + 5])
+        seen.add((y, x))
+    assert len(seen) > 5  # random positions
+
+
+def test_random_crop_pads_small_sides():
+    image = np.full((3, 20, 3), 9, np.uint8)
+    labels = np.full((3, 20), 1, np.uint8)
+    crop, crop_labels = random_crop(image, labels, (8, 6), np.random.default_rng(1))
+    assert crop.shape == (8, 6, 3) and crop_labels.shape == (8, 6)
+    real = crop_labels == 1
+    assert real.sum() == 3 * 6 and (crop[real] == 9).all()  # all 3 rows of the image are inside
+    assert (crop_labels[~real] == 255).all() and (crop[~real] == 0).all()
+    with pytest.raises(ValueError, match="differ"):
+        random_crop(image, labels[:2], (2, 2), np.random.default_rng(0))
