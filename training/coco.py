@@ -1,0 +1,236 @@
+"""``flowclas prepare-coco``: COCO train2017 -> outlier sources the Meta-OoD way (method.md section 3).
+
+Images that contain a class of the inlier domain are dropped (by category name), as are
+images under ``--min-side`` (480) pixels on a side and images without any annotated object.
+For every kept image, ``OUTPUT/train2017/<file>`` links to (or copies) the image and
+``OUTPUT/ood_seg_train2017/<stem>.png`` holds its mask: 254 on every annotated object
+pixel, 0 elsewhere. ``build_dataset("coco", OUTPUT, "outliers")`` reads the result.
+
+Masks are rasterised here, not with pycocotools: that package is not a dependency (it
+needs a C compiler at install time), and the two annotation forms COCO uses are short to
+decode - polygons are filled with ``PIL.ImageDraw`` and run-length encodings (the plain
+count list of crowd annotations and the compressed count string) are expanded with numpy.
+Polygon edges can differ from pycocotools' rasteriser by a pixel, which does not matter
+for pasting.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from flowclas_ros.errors import UserError
+
+CITYSCAPES_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck", "traffic light", "stop sign")
+ALLO_EXTRA_CLASSES = ("microwave", "oven", "toaster", "refrigerator", "scissors", "hair drier")
+FILTERS = {"cityscapes": CITYSCAPES_CLASSES, "allo": CITYSCAPES_CLASSES + ALLO_EXTRA_CLASSES}
+MIN_SIDE = 480
+OBJECT = 254
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--coco-root", required=True, help="COCO folder with train2017/ and annotations/instances_train2017.json")
+    parser.add_argument("--output", required=True, help="folder to write train2017/ and ood_seg_train2017/ into")
+    parser.add_argument("--filter", required=True, choices=sorted(FILTERS), help="inlier domain whose classes are dropped")
+    parser.add_argument("--annotations", default=None, help="instances JSON (default: COCO_ROOT/annotations/instances_train2017.json)")
+    parser.add_argument("--min-side", type=int, default=MIN_SIDE, help="drop images shorter than this on a side (pixels)")
+    parser.add_argument("--copy", action="store_true", help="copy the kept images instead of symlinking them")
+
+
+# --- rasterising annotations ------------------------------------------------------------------
+
+
+def rle_counts(counts: str) -> list[int]:
+    """The run lengths of COCO's compressed RLE string.
+
+    Each value is written in 5-bit groups, least significant first, as characters offset by
+    48; bit 0x20 says another group follows, bit 0x10 of the last group is the sign. From
+    the third value on, each value is stored as the difference to the value two before.
+    """
+    values: list[int] = []
+    pos = 0
+    while pos < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(counts):
+                raise ValueError("RLE string ends inside a value")
+            group = ord(counts[pos]) - 48
+            if not 0 <= group < 64:
+                raise ValueError(f"character {counts[pos]!r} is not valid in an RLE string")
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            pos += 1
+            shift += 5
+            if not more and group & 0x10:
+                value -= 1 << shift
+        if len(values) > 2:
+            value += values[-2]
+        values.append(value)
+    return values
+
+
+def rle_mask(rle: dict, height: int, width: int):
+    """A boolean ``height x width`` mask from a COCO RLE dict (``size``, ``counts`` list or string)."""
+    import numpy as np
+
+    if list(rle.get("size", ())) != [height, width]:
+        raise ValueError(f"RLE size {rle.get('size')} differs from the image's {[height, width]}")
+    counts = rle.get("counts")
+    runs = rle_counts(counts) if isinstance(counts, str) else counts
+    if not isinstance(runs, list) or not all(isinstance(r, int) and r >= 0 for r in runs):
+        raise ValueError("RLE counts must be a string or a list of non-negative integers")
+    if sum(runs) != height * width:
+        raise ValueError(f"RLE runs cover {sum(runs)} pixels, the image has {height * width}")
+    values = np.arange(len(runs)) % 2 == 1  # runs alternate 0, 1, 0, ... starting with 0
+    flat = np.repeat(values, runs)
+    return flat.reshape(width, height).T  # column-major order
+
+
+def polygon_mask(polygons: list, height: int, width: int):
+    """A boolean mask with every polygon (flat ``[x1, y1, x2, y2, ...]`` lists) filled."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("1", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for poly in polygons:
+        if not isinstance(poly, list) or len(poly) % 2 or not all(isinstance(v, (int, float)) for v in poly):
+            raise ValueError("a polygon must be a flat list of x, y coordinates")
+        if len(poly) >= 6:
+            draw.polygon([(float(x), float(y)) for x, y in zip(poly[::2], poly[1::2])], fill=1, outline=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def annotation_mask(segmentation, height: int, width: int):
+    """The object pixels of one annotation's ``segmentation`` (polygons or RLE)."""
+    if isinstance(segmentation, list):
+        return polygon_mask(segmentation, height, width)
+    if isinstance(segmentation, dict):
+        return rle_mask(segmentation, height, width)
+    raise ValueError(f"segmentation is a {type(segmentation).__name__}, expected polygons or RLE")
+
+
+# --- selecting images -------------------------------------------------------------------------
+
+
+def load_instances(path: Path) -> dict:
+    """The instances JSON, checked for the fields used here."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read annotations {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UserError(f"annotations {path} are not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+        raise UserError(f"{path} is not a COCO instances file (needs lists 'images', 'annotations', 'categories')")
+    return data
+
+
+def select_images(data: dict, excluded: tuple[str, ...], min_side: int) -> tuple[list[tuple[dict, list[dict]]], Counter]:
+    """Images to keep with their annotations, and counts of why the others were dropped."""
+    names = {c.get("name"): c.get("id") for c in data["categories"] if isinstance(c, dict)}
+    unknown = [n for n in excluded if n not in names]
+    if unknown:
+        raise UserError(f"the annotations have no categories named {', '.join(unknown)}: is this COCO instances_train2017.json?")
+    excluded_ids = {names[n] for n in excluded}
+    annotations: dict[int, list[dict]] = {}
+    for ann in data["annotations"]:
+        if not isinstance(ann, dict) or "image_id" not in ann or "segmentation" not in ann:
+            raise UserError(f"annotation {ann.get('id') if isinstance(ann, dict) else ann!r} lacks image_id or segmentation")
+        annotations.setdefault(ann["image_id"], []).append(ann)
+    kept, dropped = [], Counter()
+    for image in data["images"]:
+        try:
+            file_name, height, width = image["file_name"], int(image["height"]), int(image["width"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"image entry {image!r} lacks file_name, height or width") from None
+        if not isinstance(file_name, str) or Path(file_name).name != file_name or file_name in ("", ".", ".."):
+            raise UserError(f"image file_name {file_name!r} is not a plain file name")
+        anns = annotations.get(image.get("id"), [])
+        if any(a.get("category_id") in excluded_ids for a in anns):
+            dropped["filtered classes"] += 1
+        elif min(height, width) < min_side:
+            dropped[f"smaller than {min_side} px"] += 1
+        elif not anns:
+            dropped["no objects"] += 1
+        else:
+            kept.append((image, anns))
+    return kept, dropped
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def write_outlier(image: dict, anns: list[dict], source: Path, output: Path, copy: bool) -> bool:
+    """Link/copy one image and write its 254/0 mask; False when nothing was written (no object pixels)."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    height, width = int(image["height"]), int(image["width"])
+    objects = np.zeros((height, width), dtype=bool)
+    for ann in anns:
+        try:
+            objects |= annotation_mask(ann["segmentation"], height, width)
+        except ValueError as exc:
+            raise UserError(f"annotation {ann.get('id')} of {image['file_name']}: {exc}") from None
+    if not objects.any():
+        return False
+    target = output / "train2017" / image["file_name"]
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    if copy:
+        shutil.copyfile(source, target)
+    else:
+        target.symlink_to(source.resolve())
+    mask = np.where(objects, OBJECT, 0).astype(np.uint8)
+    Image.fromarray(mask).save(output / "ood_seg_train2017" / f"{Path(image['file_name']).stem}.png")
+    return True
+
+
+def prepare_coco(coco_root: Path, output: Path, filter_name: str, annotations: Path | None = None,
+                 min_side: int = MIN_SIDE, copy: bool = False) -> tuple[int, Counter]:
+    """Write the prepared outlier set; returns the number kept and the counts of dropped images by reason."""
+    import sys
+
+    from tqdm import tqdm
+
+    images_dir = coco_root / "train2017"
+    if not images_dir.is_dir():
+        raise UserError(f"missing folder {images_dir} (expected COCO_ROOT/train2017/*.jpg)")
+    annotations = annotations or coco_root / "annotations" / "instances_train2017.json"
+    if not annotations.is_file():
+        raise UserError(f"missing annotations {annotations} (expected COCO_ROOT/annotations/instances_train2017.json)")
+    if min_side < 1:
+        raise UserError(f"--min-side must be >= 1, got {min_side}")
+    candidates, dropped = select_images(load_instances(annotations), FILTERS[filter_name], min_side)
+    (output / "train2017").mkdir(parents=True, exist_ok=True)
+    (output / "ood_seg_train2017").mkdir(parents=True, exist_ok=True)
+    kept = 0
+    for image, anns in tqdm(candidates, desc="prepare-coco", unit="img"):
+        source = images_dir / image["file_name"]
+        if not source.is_file():
+            if not dropped["missing image file"]:
+                tqdm.write(f"flowclas prepare-coco: image missing: {source} (further ones are only counted)", file=sys.stderr)
+            dropped["missing image file"] += 1
+        elif write_outlier(image, anns, source, output, copy):
+            kept += 1
+        else:
+            dropped["no objects"] += 1
+    return kept, dropped
+
+
+def run(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    kept, dropped = prepare_coco(
+        Path(args.coco_root), output, args.filter, Path(args.annotations) if args.annotations else None, args.min_side, args.copy
+    )
+    total = kept + sum(dropped.values())
+    reasons = ", ".join(f"{n} {why}" for why, n in sorted(dropped.items())) or "none"
+    print(f"flowclas prepare-coco: kept {kept} of {total} images (filter {args.filter}); dropped: {reasons}")
+    print(f"flowclas prepare-coco: {'images copied' if args.copy else 'image links'} -> {output / 'train2017'}, masks -> {output / 'ood_seg_train2017'}")
+    return 0 if kept else 1
