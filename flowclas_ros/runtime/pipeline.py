@@ -1,0 +1,116 @@
+"""One frame, message in to messages out: the pipeline shared by the ROS node and bag replay.
+
+decode (``codecs``) -> ``Detector.detect`` -> optional smoothing, re-threshold and hazards ->
+output messages (``MessageFactory``), each carrying a copy of the input header. A message that
+cannot be decoded is rejected: counted by reason, logged (the first of each reason as a
+warning, later ones at debug level so a bad stream cannot flood the log), and the pipeline
+carries on with the next frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from flowclas_ros.runtime.codecs import MessageError, decode_image
+from flowclas_ros.runtime.detector import Detection, Detector
+from flowclas_ros.runtime.hazards import find_hazards
+from flowclas_ros.runtime.messages import MessageFactory
+from flowclas_ros.runtime.smoothing import Smoother
+from flowclas_ros.runtime.visualize import overlay as overlay_picture
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineOutput:
+    """What one frame produced.
+
+    ``messages`` is keyed by output topic suffix: ``anomaly_score`` (32FC1), ``anomaly_mask``
+    (mono8 0/255), ``hazards`` (vision_msgs/Detection2DArray) and, when asked for,
+    ``anomaly_overlay`` (bgr8). ``timings`` holds seconds per stage: decode, model, post, encode.
+    ``frame`` is the decoded RGB frame (often a read-only view of the message buffer).
+    """
+
+    detection: Detection
+    messages: dict[str, Any]
+    timings: dict[str, float]
+    frame: np.ndarray
+
+
+@dataclass
+class PipelineStats:
+    """Counters since the pipeline was built."""
+
+    received: int = 0
+    processed: int = 0
+    rejected: int = 0
+    rejected_by_reason: Counter = field(default_factory=Counter)
+
+
+class FramePipeline:
+    """Runs ``detector`` on image messages and builds output messages with ``factory``.
+
+    ``smoother`` (see :func:`flowclas_ros.runtime.smoothing.build_smoother`) smooths the score map
+    before the mask is re-thresholded; hazards smaller than ``min_area`` pixels are dropped (keep
+    the detector's own ``min_area`` at its default 0). The threshold is the detector's
+    (``detector.threshold``, settable at run time).
+    """
+
+    def __init__(self, detector: Detector, factory: MessageFactory, smoother: Smoother | None = None, min_area: int = 0) -> None:
+        self.detector = detector
+        self.factory = factory
+        self.smoother = smoother
+        self.min_area = int(min_area)
+        self.stats = PipelineStats()
+
+    def process(self, msg: Any, overlay: bool = False) -> PipelineOutput | None:
+        """Detect on one sensor_msgs/Image or CompressedImage; None when the message is rejected."""
+        self.stats.received += 1
+        t0 = time.perf_counter()
+        try:
+            header = getattr(msg, "header", None)
+            if header is None:
+                raise MessageError("message has no header", "header")
+            frame = decode_image(msg)
+        except MessageError as exc:
+            self._reject(exc)
+            return None
+        t1 = time.perf_counter()
+        detection = self.detector.detect(frame)
+        t2 = time.perf_counter()
+        detection = self._post(frame, detection)
+        picture = overlay_picture(frame, detection.score, detection.mask) if overlay else None
+        t3 = time.perf_counter()
+        f = self.factory
+        messages = {
+            "anomaly_score": f.image(header, detection.score, "32FC1"),
+            "anomaly_mask": f.image(header, detection.mask.view(np.uint8) * np.uint8(255), "mono8"),
+            "hazards": f.hazards(header, detection.hazards, detection.threshold),
+        }
+        if picture is not None:
+            messages["anomaly_overlay"] = f.image(header, picture[..., ::-1], "bgr8")
+        t4 = time.perf_counter()
+        self.stats.processed += 1
+        timings = {"decode": t1 - t0, "model": t2 - t1, "post": t3 - t2, "encode": t4 - t3}
+        return PipelineOutput(detection, messages, timings, frame)
+
+    def _post(self, frame: np.ndarray, detection: Detection) -> Detection:
+        """Smoothing (then a fresh mask and hazards) and the minimum hazard area."""
+        if self.smoother is None:
+            hazards = [h for h in detection.hazards if h.area >= self.min_area]
+            return Detection(detection.score, detection.mask, detection.threshold, hazards)
+        score = self.smoother(frame, detection.score, detection.threshold)
+        mask = score >= detection.threshold
+        return Detection(score, mask, detection.threshold, find_hazards(mask, score, self.min_area))
+
+    def _reject(self, exc: MessageError) -> None:
+        self.stats.rejected += 1
+        self.stats.rejected_by_reason[exc.reason] += 1
+        first = self.stats.rejected_by_reason[exc.reason] == 1
+        log.log(logging.WARNING if first else logging.DEBUG, "rejected image message (%s): %s", exc.reason, exc)
