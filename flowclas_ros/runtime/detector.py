@@ -9,11 +9,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flowclas_ros.model.bundle import load_bundle
+from flowclas_ros.model.bundle import read_bundle_config
+from flowclas_ros.model.config import ModelConfig
 from flowclas_ros.model.network import FlowCLASNet
+from flowclas_ros.runtime.backends import PRECISIONS, Backend, TorchBackend, create_backend
 from flowclas_ros.runtime.hazards import Hazard, find_hazards
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MAX_SIDE = 16384
 
 
@@ -52,35 +53,61 @@ def as_rgb_batch(frames: np.ndarray) -> np.ndarray:
 class Detector:
     """Runs a FlowCLAS network on frames of any size.
 
-    Frames are resized to the model's input size, normalised, scored, and the score map is
-    resized back to each frame's resolution. ``threshold`` defaults to the bundle's
-    calibrated value; regions smaller than ``min_area`` pixels are not reported as hazards.
+    Frames are resized to the model's input size (a static engine's size when the backend
+    has one), normalised, scored, and the score map is resized back to each frame's
+    resolution. Batches larger than the backend accepts run in chunks. ``threshold``
+    defaults to the bundle's calibrated value; regions smaller than ``min_area`` pixels are
+    not reported as hazards. Give ``model`` (eager torch), or ``backend`` with ``config``.
     """
 
     def __init__(
         self,
-        model: FlowCLASNet,
+        model: FlowCLASNet | None = None,
         device: str = "cpu",
         precision: str = "fp32",
         threshold: float | None = None,
         min_area: int = 0,
+        backend: Backend | None = None,
+        config: ModelConfig | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if model is None and (backend is None or config is None):
+            raise ValueError("Detector needs a model, or a backend and its config")
         self.device = torch.device(device)
-        self.dtype = PRECISIONS[precision]
-        self.model = model.to(self.device).eval()
-        config = model.config
+        self.model = model
+        self.backend = backend if backend is not None else TorchBackend(model, device, precision)
+        config = model.config if model is not None else config
+        shape = self.backend.shape
         self.input_size = tuple(config.encoder.input_size)
+        if shape is not None and not shape.accepts(1, *self.input_size):
+            self.input_size = shape.opt[1:]
+        self.max_batch = shape.batch[2] if shape is not None else None
         self.mean = torch.tensor(config.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(config.std, device=self.device).view(1, 3, 1, 1)
         self.threshold = config.threshold if threshold is None else threshold
         self.min_area = min_area
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: str = "cpu", precision: str = "fp32", **kwargs) -> "Detector":
-        """Load a bundle and wrap it."""
-        return cls(load_bundle(path, device=device), device=device, precision=precision, **kwargs)
+    def from_bundle(
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        precision: str = "fp32",
+        backend: str = "torch",
+        build: bool = True,
+        threads: int | None = None,
+        **kwargs,
+    ) -> "Detector":
+        """Load a bundle with inference ``backend`` (see ``runtime.backends.BACKENDS``).
+
+        Compiled backends use the bundle's cached artefact; ``build`` allows building a
+        missing or stale one (else it is an error). ``threads``: ONNX Runtime intra-op threads.
+        """
+        config, _ = read_bundle_config(path)
+        engine = create_backend(backend, path, device, precision, build=build, threads=threads)
+        model = engine.net if isinstance(engine, TorchBackend) else None
+        return cls(model, device=device, precision=precision, backend=engine, config=config, **kwargs)
 
     @property
     def threshold(self) -> float:
@@ -107,9 +134,8 @@ class Detector:
         """Score maps (float32 in [0, 1]) at each frame's resolution; same batch layout as input."""
         batch = as_rgb_batch(frames)
         x = self.preprocess(batch)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            s = self.model(x)
-        s = s.float()[:, None]
+        chunk = self.max_batch or len(x)
+        s = torch.cat([self.backend(x[i : i + chunk]) for i in range(0, len(x), chunk)])[:, None]
         h, w = batch.shape[1:3]
         if tuple(s.shape[-2:]) != (h, w):
             s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False)

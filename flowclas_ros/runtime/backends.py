@@ -1,0 +1,218 @@
+"""Inference backends behind one interface: normalised ``B x 3 x H x W`` in, ``B x H x W`` scores out.
+
+* ``torch``: the eager network (autocast for fp16/bf16).
+* ``torch-export``: the ExportedProgram saved in the bundle (``flowclas export``).
+* ``onnxruntime``: the ONNX graph in an ONNX Runtime session (CPU here; the TensorRT and
+  CUDA execution providers are used first when installed and the device is a GPU).
+* ``tensorrt``: a torch-tensorrt program (GPU only; imported lazily).
+* ``auto``: the best one that works here, with a logged fallback.
+
+Compiled backends come from the bundle's artefact cache (:mod:`flowclas_ros.model.export`):
+built on first use when ``build`` is true, otherwise a missing or stale artefact is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from flowclas_ros.model.bundle import load_bundle, read_bundle_config
+from flowclas_ros.model.export import ArtefactError, InputShape, ensure_artefact, load_program, load_tensorrt
+from flowclas_ros.model.network import FlowCLASNet
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "torch-export", "onnxruntime", "tensorrt", "auto")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_FORMAT = {"torch-export": "torch-export", "onnxruntime": "onnx", "tensorrt": "tensorrt"}
+
+
+class BackendError(ValueError):
+    """A backend cannot run here (library, device or precision missing) or was misused."""
+
+
+class Backend(ABC):
+    """Maps a normalised float32 ``B x 3 x H x W`` batch to ``B x H x W`` float32 scores.
+
+    ``shape`` is the input range the backend accepts (``None``: any size).
+    """
+
+    name: str
+    device: torch.device
+    shape: InputShape | None = None
+
+    @abstractmethod
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise BackendError when ``x`` does not fit ``shape``."""
+        b, c, h, w = x.shape
+        if c != 3 or (self.shape is not None and not self.shape.accepts(b, h, w)):
+            raise BackendError(f"{self.name} backend takes {self.shape.label if self.shape else 'Bx3xHxW'} inputs, got {tuple(x.shape)}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(device={self.device}, shape={self.shape.label if self.shape else 'any'})"
+
+
+class TorchBackend(Backend):
+    """The eager network; fp16/bf16 through autocast."""
+
+    name = "torch"
+
+    def __init__(self, net: FlowCLASNet, device: str = "cpu", precision: str = "fp32") -> None:
+        self.device = torch.device(device)
+        self.dtype = _dtype(precision)
+        self.net = net.to(self.device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return self.net(x).float()
+
+
+class ExportBackend(Backend):
+    """A saved ExportedProgram run as a graph module."""
+
+    name = "torch-export"
+
+    def __init__(self, path: Path, shape: InputShape, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.shape = shape
+        self.module = load_program(path).module().to(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self.module(x)
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ONNX Runtime session with all graph optimisations on.
+
+    ``threads``: intra-op threads (default: torch's thread count, which follows the
+    machine's cores and ``OMP_NUM_THREADS``); inter-op parallelism is off (one chain of ops).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, shape: InputShape, device: str = "cpu", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.device = torch.device(device)
+        self.shape = shape
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        wanted = ["CPUExecutionProvider"]
+        if self.device.type == "cuda":
+            wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", *wanted]
+        providers = [p for p in wanted if p in ort.get_available_providers()]
+        if self.device.type == "cuda" and providers == ["CPUExecutionProvider"]:
+            raise BackendError("onnxruntime here has no CUDA or TensorRT execution provider; use --device cpu")
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.providers = self.session.get_providers()
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        (out,) = self.session.run(None, {self.input_name: array})
+        return torch.from_numpy(out).to(self.device)
+
+
+class TensorRTBackend(Backend):
+    """A torch-tensorrt program reloaded from the bundle (GPU only); fed in its compiled dtype."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: Path, shape: InputShape, device: str = "cuda", dtype: torch.dtype = torch.float32) -> None:
+        self.device = torch.device(device)
+        self.shape = shape
+        self.dtype = dtype
+        self.module = load_tensorrt(path, str(self.device))
+
+    @torch.inference_mode()
+    def __call__(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self.module(x.to(self.device, self.dtype)).float()
+
+
+def _dtype(precision: str) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise BackendError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def tensorrt_unavailable(device: str) -> str | None:
+    """Why TensorRT cannot run here, or None when it can."""
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return "TensorRT needs a CUDA device (--device cuda) and this machine has none"
+    try:
+        import torch_tensorrt  # noqa: F401
+    except ImportError:
+        return "torch-tensorrt is not installed"
+    return None
+
+
+def default_shape(bundle: str | Path) -> InputShape:
+    """Static batch 1 at the bundle's input size (the detector resizes every frame to it)."""
+    config, _ = read_bundle_config(bundle)
+    return InputShape.static(*config.encoder.input_size)
+
+
+def create_backend(
+    name: str,
+    bundle: str | Path,
+    device: str = "cpu",
+    precision: str = "fp32",
+    shape: InputShape | None = None,
+    build: bool = True,
+    net: FlowCLASNet | None = None,
+    threads: int | None = None,
+) -> Backend:
+    """Open backend ``name`` for a bundle; ``auto`` tries tensorrt, onnxruntime, torch-export, torch.
+
+    ``net`` (the loaded bundle) saves a reload for ``torch`` and for building artefacts.
+    """
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
+    _dtype(precision)
+    if name == "auto":
+        return _auto(bundle, device, precision, shape, build, net, threads)
+    if name == "torch":
+        return TorchBackend(net if net is not None else load_bundle(bundle, device), device, precision)
+    if name == "tensorrt":
+        reason = tensorrt_unavailable(device)
+        if reason:
+            raise BackendError(f"tensorrt backend unavailable: {reason}")
+    elif precision != "fp32":
+        raise BackendError(f"the {name} backend runs float32 only; use --precision fp32, or torch/tensorrt for {precision}")
+    shape = shape or default_shape(bundle)
+    path = ensure_artefact(bundle, _FORMAT[name], precision, shape, device, build=build, net=net)
+    if name == "torch-export":
+        return ExportBackend(path, shape, device)
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(path, shape, device, threads)
+    return TensorRTBackend(path, shape, device, PRECISIONS[precision])
+
+
+def _auto(bundle, device, precision, shape, build, net, threads) -> Backend:
+    order = ["tensorrt", "onnxruntime", "torch-export"] if precision == "fp32" else ["tensorrt"]
+    for name in order:
+        try:
+            backend = create_backend(name, bundle, device, precision, shape, build, net, threads)
+        except (BackendError, ArtefactError, ImportError, OSError, RuntimeError) as exc:
+            log.warning("backend auto: %s unavailable (%s); trying the next", name, exc)
+            continue
+        log.info("backend auto: using %s", name)
+        return backend
+    log.warning("backend auto: falling back to eager torch")
+    return create_backend("torch", bundle, device, precision, net=net)
