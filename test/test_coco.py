@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowclas_ros.cli import main
 from flowclas_ros.errors import UserError
+from training import coco
 from training.coco import ALLO_EXTRA_CLASSES, CITYSCAPES_CLASSES, prepare_coco, rle_counts, rle_mask
 from training.datasets import build_dataset
 
@@ -104,7 +105,10 @@ def write_coco(root: Path) -> dict[str, np.ndarray]:
 def test_prepare_coco_cityscapes_filter(tmp_path, capsys):
     expected = write_coco(tmp_path / "coco")
     out = tmp_path / "prepared"
-    assert main(["prepare-coco", "--coco-root", str(tmp_path / "coco"), "--output", str(out), "--filter", "cityscapes"]) == 0
+    parser = argparse.ArgumentParser()
+    coco.add_arguments(parser)  # the command as flowclas_ros.cli wires it
+    args = parser.parse_args(["--coco-root", str(tmp_path / "coco"), "--output", str(out), "--filter", "cityscapes"])
+    assert coco.run(args) == 0
     printed = capsys.readouterr()
     assert "kept 2 of 6 images" in printed.out
     assert "1 filtered classes" in printed.out and "1 smaller than 480 px" in printed.out

@@ -241,3 +241,69 @@ def test_random_crop_pads_small_sides():
     assert (crop_labels[~real] == 255).all() and (crop[~real] == 0).all()
     with pytest.raises(ValueError, match="differ"):
         random_crop(image, labels[:2], (2, 2), np.random.default_rng(0))
+
+
+# --- rosbag ----------------------------------------------------------------------------------------
+
+
+def bag_frames(count: int = 4) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    return [(rgb(10 + i), raw_mask([0, 1, 255][: 1 + i % 3])) for i in range(count)]
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_rosbag_frames_and_masks(tmp_path, storage):
+    from flowclas_ros.bagio import write_camera_bag
+
+    frames = bag_frames()
+    frames[2] = (frames[2][0], None)  # this frame has no mask
+    bag = write_camera_bag(tmp_path / "bag", frames, storage=storage)
+    with pytest.raises(UserError, match=r"1 of 4 frames on /camera/image_raw have no mask on /camera/anomaly_gt .* stamp 1700000000\.200000000"):
+        build_dataset("rosbag", bag, "test")
+
+    ds = build_dataset("rosbag", bag, "train", max_images=3)
+    assert len(ds) == 3
+    for i in (2, 0, 1):  # random access
+        image, labels, name = ds[i]
+        np.testing.assert_array_equal(image, frames[i][0])
+        want = np.zeros((H, W), np.uint8) if frames[i][1] is None else np.where(frames[i][1] == 0, 0, 255)
+        np.testing.assert_array_equal(labels, want)  # training: anomaly -> ignore, no mask -> inlier
+        assert name == f"{i:06d}_1700000000.{i * 100_000_000:09d}"
+
+
+def test_rosbag_test_split_compressed_and_pickled(tmp_path):
+    import pickle
+
+    from flowclas_ros.bagio import write_camera_bag
+
+    ramp = np.linspace(0, 120, W, dtype=np.uint8)[None, :, None]
+    frames = [(np.full((H, W, 3), (40 * i, 100, 120 - 40 * i), np.uint8) + ramp, gt) for i, (_, gt) in enumerate(bag_frames(3))]
+    bag = write_camera_bag(tmp_path / "bag", frames, image_topic="/cam/compressed", mask_topic="/cam/gt", storage="mcap", compressed=True)
+    ds = build_dataset("rosbag", bag, "test", image_topic="/cam/compressed", mask_topic="/cam/gt")
+    assert ds[1][0].shape == (H, W, 3)
+    copy = pickle.loads(pickle.dumps(ds))  # what a spawned DataLoader worker gets
+    for i, (image, gt) in enumerate(frames):
+        got_image, got_labels, _ = copy[i]
+        np.testing.assert_array_equal(got_labels, gt)
+        assert np.abs(got_image.astype(int) - image).mean() < 6  # JPEG is lossy
+    ds.close()
+    with pytest.raises(UserError, match=r"image_topic /camera/image_raw is not in the bag \(topics: /cam/compressed \(sensor_msgs/msg/CompressedImage\), /cam/gt"):
+        build_dataset("rosbag", bag, "test")
+    with pytest.raises(UserError, match="mask_topic /nope is not in the bag"):
+        build_dataset("rosbag", bag, "test", image_topic="/cam/compressed", mask_topic="/nope")
+
+
+def test_rosbag_corrupt_message_is_skipped(tmp_path):
+    from flowclas_ros.bagio import IMAGE, BagWriter, ns_to_stamp
+
+    with BagWriter(tmp_path / "bag", "sqlite3") as bag:
+        types = bag.store.types
+        conn = bag.add("/camera/image_raw", IMAGE)
+        for i in range(3):
+            header = types["std_msgs/msg/Header"](stamp=ns_to_stamp(bag.store, 10 + i), frame_id="camera")
+            data = rgb(i).reshape(-1)[: (None if i != 1 else 10)]  # frame 1: data far too short
+            bag.write(conn, 10 + i, types[IMAGE](header, H, W, "rgb8", 0, W * 3, data))
+    ds = build_dataset("rosbag", tmp_path / "bag", "train", mask_topic=None)
+    with pytest.warns(SkippedItemWarning, match=r"frame 000001_0\.000000011: data holds 10 bytes"):
+        image, _, name = ds[1]
+    assert name.startswith("000002") and np.array_equal(image, rgb(2))
+    assert list(ds.skipped) == [1]

@@ -356,8 +356,128 @@ def smiyc_obstacle_dataset(root: Path, split: str, max_images: int | None = None
     return _smiyc("dataset_ObstacleTrack", ".webp", "smiyc_obstacle", root, split, max_images)
 
 
+# rosbag masks follow write_camera_bag: 0 inlier, 1 anomaly, 255 void; training ignores anomalies.
+ROSBAG_TRAIN_TABLE = label_table({INLIER: INLIER, ANOMALY: IGNORE, IGNORE: IGNORE})
+
+
+@dataclass(frozen=True)
+class _BagMessage:
+    """Where one message sits in a bag: connection index, log time, rank among equal log times."""
+
+    connection: int
+    log_time: int
+    rank: int
+
+
 class RosbagDataset(ImageSequence):
-    """placeholder"""
+    """Frames of a rosbag2 image topic (sensor_msgs/Image or CompressedImage), masks from ``mask_topic``.
+
+    Masks (0 inlier, 1 anomaly, 255 void; mono8/mono16 Image or PNG CompressedImage) are
+    paired with frames by header stamp. ``test``: every frame needs a mask; ``train``: a
+    mask is optional (none: all inlier) and anomaly pixels become ignore (255).
+
+    Indexing, not preloading: construction reads the bag once, deserialising each message
+    only to learn its header stamp, and keeps ``(connection, log time, rank)`` per frame.
+    ``__getitem__`` then fetches just that message with a time-bounded read (indexed in
+    both sqlite3 and mcap storage) and decodes it, so memory does not grow with the bag and
+    items come in any order. The reader is opened lazily per process (DataLoader workers
+    each open their own).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        image_topic: str = "/camera/image_raw",
+        mask_topic: str | None = "/camera/anomaly_gt",
+        max_images: int | None = None,
+    ) -> None:
+        from flowclas_ros.bagio import COMPRESSED_IMAGE, IMAGE, open_bag, stamp_to_ns, topic_types
+
+        super().__init__()
+        _check_split("rosbag", split, ("train", "test"))
+        self.root, self.split, self.source = Path(root), split, f"rosbag {root} {image_topic}"
+        self.table = ROSBAG_TRAIN_TABLE if split == "train" else TEST_TABLE
+        self._reader, self._stack, self._pid = None, None, None
+        with open_bag(self.root) as reader:
+            types = topic_types(reader)
+            listing = ", ".join(f"{t} ({m})" for t, m in sorted(types.items())) or "none"
+            if types.get(image_topic) not in (IMAGE, COMPRESSED_IMAGE):
+                what = "is not in the bag" if image_topic not in types else f"has type {types[image_topic]}, not an image"
+                raise UserError(f"rosbag {root}: image_topic {image_topic} {what} (topics: {listing})")
+            if mask_topic is not None and mask_topic not in types and split == "test":
+                raise UserError(f"rosbag {root}: mask_topic {mask_topic} is not in the bag (topics: {listing})")
+            images: list[tuple[int, _BagMessage]] = []
+            masks: dict[int, _BagMessage] = {}
+            index = {id(c): i for i, c in enumerate(reader.connections)}
+            wanted = [c for c in reader.connections if c.topic in (image_topic, mask_topic)]
+            seen: dict[int, int] = {}  # connection -> messages so far at the current log time
+            current = None
+            for connection, log_time, data in reader.messages(connections=wanted):
+                if log_time != current:
+                    seen, current = {}, log_time
+                k = index[id(connection)]
+                seen[k] = rank = seen.get(k, -1) + 1
+                stamp = stamp_to_ns(reader.deserialize(data, connection.msgtype).header.stamp)
+                where = _BagMessage(k, log_time, rank)
+                if connection.topic == image_topic:
+                    images.append((stamp, where))
+                else:
+                    masks.setdefault(stamp, where)
+        if not images:
+            raise UserError(f"rosbag {root}: no messages on {image_topic}")
+        images = _limit(images, max_images)
+        unpaired = [stamp for stamp, _ in images if stamp not in masks]
+        if split == "test" and unpaired:
+            raise UserError(
+                f"rosbag {root}: {len(unpaired)} of {len(images)} frames on {image_topic} have no mask on "
+                f"{mask_topic} with the same header stamp, e.g. stamp {unpaired[0] // 10**9}.{unpaired[0] % 10**9:09d}"
+            )
+        self.frames = [(where, masks.get(stamp), f"{i:06d}_{stamp // 10**9}.{stamp % 10**9:09d}") for i, (stamp, where) in enumerate(images)]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_reader": None, "_stack": None, "_pid": None}
+
+    def close(self) -> None:
+        """Close this process's reader (reopened on the next access)."""
+        if self._stack is not None:
+            self._stack.close()
+        self._reader, self._stack, self._pid = None, None, None
+
+    def _message(self, where: _BagMessage):
+        import contextlib
+        import os
+
+        from flowclas_ros.bagio import open_bag
+
+        if self._pid != os.getpid():
+            self._stack = contextlib.ExitStack()
+            self._reader, self._pid = self._stack.enter_context(open_bag(self.root)), os.getpid()
+        connection = self._reader.connections[where.connection]
+        found = self._reader.messages(connections=[connection], start=where.log_time, stop=where.log_time + 1)
+        for rank, (_, _, data) in enumerate(found):
+            if rank == where.rank:
+                return self._reader.deserialize(data, connection.msgtype)
+        raise BadItem(f"{self.root}: message on {connection.topic} at log time {where.log_time} vanished from the bag")
+
+    def load(self, index: int) -> Item:
+        from flowclas_ros.runtime.codecs import MessageError, decode_image, decode_mask
+
+        image_at, mask_at, name = self.frames[index]
+        try:
+            image = np.ascontiguousarray(decode_image(self._message(image_at)))
+            raw = None if mask_at is None else decode_mask(self._message(mask_at))
+        except MessageError as exc:
+            raise BadItem(f"{self.root} frame {name}: {exc}") from None
+        if raw is None:
+            return image, np.full(image.shape[:2], INLIER, np.uint8), name
+        labels = apply_table(raw, self.table, f"{self.root} mask of frame {name}")
+        if labels.shape != image.shape[:2]:
+            raise BadItem(f"{self.root} frame {name}: mask is {labels.shape}, image {image.shape[:2]}")
+        return image, labels, name
 
 
 BUILDERS: dict[str, Callable[..., ImageSequence]] = {
