@@ -1,0 +1,400 @@
+"""``flowclas replay``: a rosbag2 through the node's frame pipeline, into an annotated bag.
+
+Reads a bag (sqlite3 or mcap) with rosbags, runs the same FramePipeline as the node over
+the image topic (sensor_msgs/Image or CompressedImage, from the topic's type) and writes
+``OUT/<bag name>``: every input topic plus the node's outputs under ``/flowclas``
+(anomaly_score, anomaly_mask, anomaly_overlay, hazards, label_info, diagnostics).
+Output messages carry the input header and are logged at the input's time, or in
+``--realtime`` mode at the simulated publish time.
+
+Ground truth (labels 0 inlier, 1 anomaly, 255 void) comes from a mask topic of the bag,
+paired with frames by header stamp, or from a folder of PNGs named ``<stamp ns>.png``
+(header stamp in nanoseconds) or else ``<index:06d>.png`` (0-based index of the frame on
+the image topic). With ground truth, OUT/metrics.json holds the streaming (binned) pixel
+metrics and, with ``--components``, SegmentMeIfYouCan component metrics.
+
+``--realtime`` replays what the robot would have seen: frames arrive at their logged
+times and the node's keep-latest policy (flowclas_ros.live) drops those that arrive while
+another waits. The clock is simulated from each frame's measured processing time rather
+than slept, so the replay runs as fast as the model and its drops are deterministic given
+those times. OUT/replay.json reports counts, drop rate, latency percentiles (arrival to
+publish) and throughput. Everything streams: memory stays flat over long bags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from flowclas_ros.errors import UserError
+from flowclas_ros.live import PARAMETERS
+
+NAMESPACE = "/flowclas"
+FRAME_TOPICS = ("anomaly_score", "anomaly_mask", "anomaly_overlay", "hazards")
+DIAGNOSTICS_PERIOD_NS = 10**9
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model bundle directory")
+    parser.add_argument("--bag", required=True, help="input rosbag2 (directory, .mcap or .db3)")
+    parser.add_argument("--image-topic", required=True, help="camera topic (sensor_msgs/Image or CompressedImage)")
+    parser.add_argument("--output", required=True, help="output folder (annotated bag, metrics.json, replay.json)")
+    parser.add_argument("--gt-topic", default=None, help="ground-truth mask topic in the bag (mono8 labels)")
+    parser.add_argument("--gt-folder", default=None, help="folder of ground-truth PNGs: <stamp ns>.png or <index:06d>.png")
+    parser.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="output bag storage")
+    parser.add_argument("--backend", default="torch", choices=PARAMETERS["backend"].choices, help="inference backend")
+    parser.add_argument("--device", default="cpu", help="device, e.g. cpu or cuda:0")
+    parser.add_argument("--precision", default="fp32", choices=PARAMETERS["precision"].choices)
+    parser.add_argument("--threshold", type=float, default=None, help="mask threshold in [0, 1] (default: the bundle's)")
+    parser.add_argument("--min-area", type=int, default=0, help="smallest hazard region in pixels")
+    parser.add_argument(
+        "--smoothing", default="none", choices=["none", "superpixels", "components"], help="score smoothing"
+    )
+    parser.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True, help="write anomaly_overlay")
+    parser.add_argument("--realtime", action="store_true", help="drop frames as the live node would at the bag's rate")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many image frames")
+    parser.add_argument("--bins", type=int, default=2000, help="score bins of the streaming metrics")
+    parser.add_argument("--components", action="store_true", help="also compute component metrics (SMIYC anomaly track)")
+
+
+class StampMatcher:
+    """Pairs score maps with ground-truth masks that share a header stamp, in either order.
+
+    At most ``horizon`` unmatched entries of each kind are kept (oldest evicted), so
+    memory stays bounded however long the bag.
+    """
+
+    def __init__(self, horizon: int = 16) -> None:
+        self.horizon = horizon
+        self.scores: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.truths: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def add_score(self, stamp: int, score: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._add(stamp, score, self.scores, self.truths, first_is_score=True)
+
+    def add_truth(self, stamp: int, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._add(stamp, truth, self.truths, self.scores, first_is_score=False)
+
+    def _add(self, stamp, value, mine: OrderedDict, theirs: OrderedDict, first_is_score: bool):
+        """``(score, truth)`` when ``stamp`` completes a pair, else None (value kept)."""
+        other = theirs.pop(stamp, None)
+        if other is not None:
+            return (value, other) if first_is_score else (other, value)
+        mine[stamp] = value
+        while len(mine) > self.horizon:
+            mine.popitem(last=False)
+        return None
+
+
+class FolderTruth:
+    """Ground-truth PNGs named by header stamp in nanoseconds, else by frame index."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise UserError(f"ground-truth folder not found: {self.folder}")
+        if not any(self.folder.glob("*.png")):
+            raise UserError(f"no .png masks in ground-truth folder {self.folder}")
+
+    def get(self, stamp_ns: int, index: int) -> np.ndarray | None:
+        from PIL import Image
+
+        for path in (self.folder / f"{stamp_ns}.png", self.folder / f"{index:06d}.png"):
+            if path.is_file():
+                with Image.open(path) as img:
+                    if img.mode not in ("L", "P"):
+                        raise UserError(f"ground truth {path} is {img.mode}; expected an 8-bit label image")
+                    return np.asarray(img)
+        return None
+
+
+class Evaluation:
+    """Streaming metrics over frames with ground truth."""
+
+    def __init__(self, bins: int, threshold: float, components: bool) -> None:
+        from flowclas_ros.metrics import BinnedMetrics, ComponentMetrics
+
+        self.pixels = BinnedMetrics(bins=bins)
+        self.components = ComponentMetrics("anomaly") if components else None
+        self.threshold = threshold
+        self.num_images = self.mismatched = 0
+
+    def add(self, score: np.ndarray, truth: np.ndarray) -> None:
+        if truth.shape != score.shape:
+            if not self.mismatched:
+                print(
+                    f"flowclas replay: warning: ground truth {truth.shape} differs from frame {score.shape}; "
+                    "such frames are not evaluated",
+                    file=sys.stderr,
+                )
+            self.mismatched += 1
+            return
+        self.pixels.update(score, truth)
+        if self.components is not None:
+            self.components.update(score, truth, self.threshold)
+        self.num_images += 1
+
+    def write(self, path: Path, **extra) -> Path | None:
+        """metrics.json, or None (with a warning) when no frame had usable ground truth."""
+        from flowclas_ros.metrics import write_metrics_json
+
+        try:
+            metrics = self.pixels.compute()
+            if self.components is not None:
+                metrics["component"] = self.components.compute()
+        except ValueError as exc:
+            print(f"flowclas replay: warning: no metrics: {exc}", file=sys.stderr)
+            return None
+        return write_metrics_json(
+            path, metrics, num_images=self.num_images, num_pixels=self.pixels.num_pixels,
+            frames_gt_size_mismatch=self.mismatched, **extra,
+        )
+
+
+class Replay:
+    """One pass over an open input bag into an open output bag."""
+
+    def __init__(self, args: argparse.Namespace, reader, bag, pipeline, factory, stats, evaluation, truth_folder) -> None:
+        from flowclas_ros.bagio import LATCHED, qos
+
+        self.args, self.reader, self.bag, self.pipeline, self.factory = args, reader, bag, pipeline, factory
+        self.stats = stats
+        self.evaluation, self.truth_folder = evaluation, truth_folder
+        self.matcher = StampMatcher()
+        self.image_type = next(c.msgtype for c in reader.connections if c.topic == args.image_topic)
+        self.copies = {}
+        for connection in reader.connections:
+            copied = bag.copy(connection)
+            if copied is None:
+                print(f"flowclas replay: warning: {connection.topic} ({connection.msgtype}) has no type "
+                      "definition; not copied", file=sys.stderr)
+            self.copies[connection.id] = copied
+        names = FRAME_TOPICS if args.overlay else tuple(t for t in FRAME_TOPICS if t != "anomaly_overlay")
+        self.outputs = {
+            name: bag.add(f"{NAMESPACE}/{name}", "vision_msgs/msg/Detection2DArray" if name == "hazards" else "sensor_msgs/msg/Image")
+            for name in names
+        }
+        self.label_info = bag.add(f"{NAMESPACE}/label_info", "vision_msgs/msg/LabelInfo", LATCHED)
+        self.diagnostics = bag.add(f"{NAMESPACE}/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", qos())
+        self.label_written = False
+        self.next_diagnostics = None
+        self.last_ns = 0
+        self.index = 0
+
+    def frames(self):
+        """Image frames ``(log ns, (index, raw))`` in log order; copies every message on the way
+        and feeds ground-truth masks to the matcher."""
+        from flowclas_ros.bagio import stamp_to_ns
+        from flowclas_ros.runtime.codecs import MessageError, decode_mask
+
+        for connection, timestamp, data in self.reader.messages():
+            self.last_ns = max(self.last_ns, timestamp)
+            if (copy := self.copies[connection.id]) is not None:
+                self.bag.write_raw(copy, timestamp, data)
+            if connection.topic == self.args.image_topic:
+                yield timestamp, (self.index, data)
+                self.index += 1
+                if self.args.max_frames is not None and self.index >= self.args.max_frames:
+                    return
+            elif connection.topic == self.args.gt_topic and self.evaluation is not None:
+                try:
+                    msg = self.reader.deserialize(data, connection.msgtype)
+                    pair = self.matcher.add_truth(stamp_to_ns(msg.header.stamp), decode_mask(msg))
+                except (MessageError, ValueError, AttributeError) as exc:
+                    print(f"flowclas replay: warning: ground-truth message at {timestamp} skipped: {exc}", file=sys.stderr)
+                    continue
+                if pair is not None:
+                    self.evaluation.add(*pair)
+
+    def process(self, item: tuple[int, bytes]):
+        """Run the pipeline on one raw image message: ``((index, msg, output | None), seconds)``."""
+        index, data = item
+        start = time.perf_counter()
+        try:
+            msg = self.reader.deserialize(data, self.image_type)
+        except Exception as exc:  # rosbags raises several types for corrupt CDR; all mean "reject"
+            self._reject(index, f"undecodable message: {exc}")
+            return (index, None, None), time.perf_counter() - start
+        output = self.pipeline.process(msg, overlay=self.args.overlay)
+        seconds = time.perf_counter() - start
+        if output is None:
+            self._reject(index, None)
+        return (index, msg, output), seconds
+
+    def _reject(self, index: int, reason: str | None) -> None:
+        self.stats.rejected += 1
+        if reason and self.stats.rejected == 1:
+            print(f"flowclas replay: frame {index} rejected: {reason}", file=sys.stderr)
+
+    def publish(self, index: int, msg, output, publish_ns: int) -> None:
+        """Write one frame's outputs at ``publish_ns``, evaluate it, tick the diagnostics."""
+        from flowclas_ros.bagio import stamp_to_ns
+
+        for name, out_msg in output.messages.items():
+            self.bag.write(self.outputs[name], publish_ns, out_msg)
+        if not self.label_written:
+            label = self.factory.label_info(msg.header, output.detection.threshold)
+            self.bag.write(self.label_info, publish_ns, label)
+            self.label_written = True
+        self.stats.processed += 1
+        self.stats.output_rate.tick(publish_ns * 1e-9)
+        if self.evaluation is not None:
+            stamp = stamp_to_ns(msg.header.stamp)
+            score = output.detection.score
+            if self.truth_folder is not None:
+                truth = self.truth_folder.get(stamp, index)
+                pair = None if truth is None else (score, truth)
+            else:
+                pair = self.matcher.add_score(stamp, score)
+            if pair is not None:
+                self.evaluation.add(*pair)
+
+    def diagnostics_due(self, now_ns: int) -> None:
+        """A DiagnosticArray every DIAGNOSTICS_PERIOD_NS of bag time."""
+        if self.next_diagnostics is None:
+            self.next_diagnostics = now_ns + DIAGNOSTICS_PERIOD_NS
+        while now_ns >= self.next_diagnostics:
+            self.write_diagnostics(self.next_diagnostics)
+            self.next_diagnostics += DIAGNOSTICS_PERIOD_NS
+
+    def write_diagnostics(self, now_ns: int) -> None:
+        from flowclas_ros.bagio import ns_to_stamp
+
+        types = self.bag.store.types
+        level, message = self.stats.level()
+        values = [types["diagnostic_msgs/msg/KeyValue"](key=k, value=v) for k, v in self.stats.values(now_ns * 1e-9).items()]
+        status = types["diagnostic_msgs/msg/DiagnosticStatus"](
+            level=level, name="flowclas_replay: anomaly detector", message=message, hardware_id=self.stats.device, values=values
+        )
+        header = types["std_msgs/msg/Header"](stamp=ns_to_stamp(self.bag.store, now_ns), frame_id="")
+        self.bag.write(self.diagnostics, now_ns, types["diagnostic_msgs/msg/DiagnosticArray"](header=header, status=[status]))
+
+    def run(self, progress) -> None:
+        """The whole pass, as fast as possible or (``--realtime``) on the simulated clock."""
+        from flowclas_ros.live import KeepLatestScheduler
+
+        if self.args.realtime:
+            scheduler = KeepLatestScheduler(self.process)
+            origin = None
+            for timestamp, item in self.frames():
+                origin = timestamp if origin is None else origin
+                self._arrive(timestamp, progress)
+                for done in scheduler.offer((timestamp - origin) * 1e-9, item):
+                    self._finish(done, origin)
+                self.stats.dropped = scheduler.dropped
+            for done in scheduler.flush():
+                self._finish(done, origin)
+        else:
+            for timestamp, item in self.frames():
+                self._arrive(timestamp, progress)
+                (index, msg, output), seconds = self.process(item)
+                self.stats.latency.add(seconds)
+                if output is not None:
+                    self.publish(index, msg, output, timestamp)
+        self.write_diagnostics(self.last_ns)
+
+    def _arrive(self, timestamp: int, progress) -> None:
+        self.stats.received += 1
+        self.stats.input_rate.tick(timestamp * 1e-9)
+        self.diagnostics_due(timestamp)
+        progress.update(1)
+
+    def _finish(self, done, origin: int) -> None:
+        index, msg, output = done.result
+        if output is None:
+            return
+        self.stats.latency.add(done.latency)
+        publish_ns = origin + round(done.finish * 1e9)
+        self.last_ns = max(self.last_ns, publish_ns)
+        self.publish(index, msg, output, publish_ns)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UserError(f"--max-frames must be at least 1, got {args.max_frames}")
+    if args.min_area < 0:
+        raise UserError(f"--min-area must be >= 0, got {args.min_area}")
+    if args.bins < 2:
+        raise UserError(f"--bins must be at least 2, got {args.bins}")
+    if args.gt_topic and args.gt_folder:
+        raise UserError("give either --gt-topic or --gt-folder, not both")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from flowclas_ros.bagio import COMPRESSED_IMAGE, IMAGE, BagWriter, open_bag, topic_types, typestore
+    from flowclas_ros.live import Latencies, LiveStats
+    from flowclas_ros.runtime.detector import Detector
+    from flowclas_ros.runtime.messages import RosbagsFactory
+    from flowclas_ros.runtime.pipeline import FramePipeline
+    from flowclas_ros.runtime.smoothing import build_smoother
+
+    _check(args)
+    truth_folder = FolderTruth(args.gt_folder) if args.gt_folder else None
+    bag_path = Path(args.bag)
+    out = Path(args.output)
+    with open_bag(bag_path) as reader:
+        types = topic_types(reader)
+        if types.get(args.image_topic) not in (IMAGE, COMPRESSED_IMAGE):
+            found = ", ".join(f"{t} ({m})" for t, m in sorted(types.items()))
+            raise UserError(f"--image-topic {args.image_topic} is not an Image or CompressedImage topic of the bag: {found}")
+        if args.gt_topic and types.get(args.gt_topic) not in (IMAGE, COMPRESSED_IMAGE):
+            raise UserError(f"--gt-topic {args.gt_topic} is not an Image or CompressedImage topic of the bag")
+        total = sum(c.msgcount for c in reader.connections if c.topic == args.image_topic)
+        if args.max_frames is not None:
+            total = min(total, args.max_frames)
+
+        detector = Detector.from_bundle(args.model, device=args.device, precision=args.precision, backend=args.backend)
+        if args.threshold is not None:
+            detector.threshold = args.threshold
+        factory = RosbagsFactory(typestore())
+        pipeline = FramePipeline(detector, factory, smoother=build_smoother(args.smoothing), min_area=args.min_area)
+        evaluation = None
+        if args.gt_topic or truth_folder:
+            evaluation = Evaluation(args.bins, detector.threshold, args.components)
+        # every latency kept for exact percentiles: 8 bytes a frame
+        stats = LiveStats(backend=args.backend, device=args.device, latency=Latencies(maxlen=None))
+        name = (bag_path.stem if bag_path.is_file() else bag_path.name) or "bag"
+        started = time.perf_counter()
+        with BagWriter(out / name, args.storage) as bag, tqdm(total=total, desc="replay", unit="frame") as progress:
+            Replay(args, reader, bag, pipeline, factory, stats, evaluation, truth_folder).run(progress)
+        seconds = time.perf_counter() - started
+
+    report = _report(args, stats, seconds, out / name)
+    (out / "replay.json").write_text(json.dumps(report, indent=2) + "\n")
+    metrics_path = evaluation.write(out / "metrics.json", model=str(args.model), bag=str(bag_path)) if evaluation else None
+    print(
+        f"flowclas replay: {stats.received} frames ({stats.processed} processed, {stats.dropped} dropped, "
+        f"{stats.rejected} rejected) in {seconds:.1f} s, {report['throughput_fps']:.1f} frames/s -> {out / name}"
+        + (f", {metrics_path}" if metrics_path else "")
+    )
+    return 0 if stats.processed else 1
+
+
+def _report(args: argparse.Namespace, stats, seconds: float, bag: Path) -> dict:
+    return {
+        "bag": str(args.bag),
+        "output_bag": str(bag),
+        "model": str(args.model),
+        "backend": args.backend,
+        "device": args.device,
+        "realtime": bool(args.realtime),
+        "frames": stats.received,
+        "processed": stats.processed,
+        "dropped": stats.dropped,
+        "rejected": stats.rejected,
+        "drop_rate": stats.dropped / stats.received if stats.received else 0.0,
+        "latency_ms": stats.latency.percentiles_ms(),
+        "latency_kind": "arrival to publish (simulated)" if args.realtime else "processing time per frame",
+        "seconds": seconds,
+        "throughput_fps": stats.received / seconds if seconds > 0 else 0.0,
+    }
