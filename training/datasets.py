@@ -398,7 +398,7 @@ class RosbagDataset(ImageSequence):
         _check_split("rosbag", split, ("train", "test"))
         self.root, self.split, self.source = Path(root), split, f"rosbag {root} {image_topic}"
         self.table = ROSBAG_TRAIN_TABLE if split == "train" else TEST_TABLE
-        self._reader, self._stack, self._pid = None, None, None
+        self._reader, self._closer, self._pid = None, None, None
         with open_bag(self.root) as reader:
             types = topic_types(reader)
             listing = ", ".join(f"{t} ({m})" for t, m in sorted(types.items())) or "none"
@@ -439,23 +439,26 @@ class RosbagDataset(ImageSequence):
         return len(self.frames)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_reader": None, "_stack": None, "_pid": None}
+        return {**self.__dict__, "_reader": None, "_closer": None, "_pid": None}
 
     def close(self) -> None:
         """Close this process's reader (reopened on the next access)."""
-        if self._stack is not None:
-            self._stack.close()
-        self._reader, self._stack, self._pid = None, None, None
+        if self._closer is not None:
+            self._closer()
+        self._reader, self._closer, self._pid = None, None, None
 
     def _message(self, where: _BagMessage):
         import contextlib
         import os
+        import weakref
 
         from flowclas_ros.bagio import open_bag
 
         if self._pid != os.getpid():
-            self._stack = contextlib.ExitStack()
-            self._reader, self._pid = self._stack.enter_context(open_bag(self.root)), os.getpid()
+            stack = contextlib.ExitStack()
+            self._reader, self._pid = stack.enter_context(open_bag(self.root)), os.getpid()
+            # closed when the dataset goes away or, at the latest, at interpreter exit (before teardown)
+            self._closer = weakref.finalize(self, stack.close)
         connection = self._reader.connections[where.connection]
         found = self._reader.messages(connections=[connection], start=where.log_time, stop=where.log_time + 1)
         for rank, (_, _, data) in enumerate(found):
