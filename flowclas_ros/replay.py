@@ -170,8 +170,9 @@ class Replay:
         self.image_type = next(c.msgtype for c in reader.connections if c.topic == args.image_topic)
         self.copies = {}
         for connection in reader.connections:
-            copied = bag.copy(connection)
-            if copied is None:
+            if connection.topic.startswith(NAMESPACE + "/"):
+                copied = None  # outputs of an earlier replay: this replay writes its own
+            elif (copied := bag.copy(connection)) is None:
                 print(f"flowclas replay: warning: {connection.topic} ({connection.msgtype}) has no type "
                       "definition; not copied", file=sys.stderr)
             self.copies[connection.id] = copied

@@ -301,3 +301,47 @@ def test_replay_refuses_bad_input(tmp_path, bundle):
     replay.run(replay_args(model=bundle, bag=bag, image_topic="/camera/image_raw", output=tmp_path / "o3"))
     with pytest.raises(UserError, match="exists"):
         replay.run(replay_args(model=bundle, bag=bag, image_topic="/camera/image_raw", output=tmp_path / "o3"))
+
+
+IMAGE_MSGDEF = """std_msgs/Header header
+uint32 height
+uint32 width
+string encoding
+uint8 is_bigendian
+uint32 step
+uint8[] data
+================================================================================
+MSG: std_msgs/Header
+builtin_interfaces/Time stamp
+string frame_id
+================================================================================
+MSG: builtin_interfaces/Time
+int32 sec
+uint32 nanosec
+"""
+
+
+def test_replay_of_an_mcap_file_written_by_another_tool(tmp_path, bundle):
+    """A bare .mcap (no metadata.yaml) from the mcap-ros2 writer, bgr8 frames with padded rows."""
+    from mcap_ros2.writer import Writer as McapWriter
+
+    path = tmp_path / "other.mcap"
+    step = W * 3 + 16
+    with path.open("wb") as f:
+        writer = McapWriter(f)
+        schema = writer.register_msgdef("sensor_msgs/msg/Image", IMAGE_MSGDEF)
+        for i, (rgb, _) in enumerate(make_frames(3)):
+            padded = np.zeros((H, step), np.uint8)
+            padded[:, : W * 3] = rgb[..., ::-1].reshape(H, W * 3)
+            header = {"stamp": {"sec": 100, "nanosec": i * 1000}, "frame_id": "left"}
+            msg = {"header": header, "height": H, "width": W, "encoding": "bgr8", "is_bigendian": 0, "step": step,
+                   "data": padded.tobytes()}
+            writer.write_message("/left/image", schema, msg, log_time=100 * 10**9 + i * 10**8)
+        writer.finish()
+    out = tmp_path / "out"
+    assert replay.run(replay_args(model=bundle, bag=path, image_topic="/left/image", output=out)) == 0
+    topics = read_all(out / "other")
+    assert len(topics["/left/image"]) == 3
+    for name in OUTPUTS:
+        assert [m.header.frame_id for _, m in topics[f"/flowclas/{name}"]] == ["left"] * 3
+        assert [m.header.stamp.nanosec for _, m in topics[f"/flowclas/{name}"]] == [0, 1000, 2000]
