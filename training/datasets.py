@@ -12,6 +12,9 @@ the expected pattern. An item that cannot be used at fetch time (unreadable imag
 label values the layout does not define, image and mask sizes differ) is reported once with
 a ``SkippedItemWarning`` naming the file and replaced by the next usable item, so an epoch
 never stops halfway; ``dataset.skipped`` records what was skipped and why.
+
+``rosbag`` reads frames (and optional masks) from a rosbag2 topic: indexed once when built,
+each message fetched and decoded on demand (``RosbagDataset``).
 """
 
 from __future__ import annotations
