@@ -116,8 +116,8 @@ class ExactMetrics:
     def update(self, scores, labels) -> None:
         """Add a batch (any shape; numpy or torch) of scores and labels."""
         anomaly, inlier = split_pixels(scores, labels)
-        self._anomaly.append(anomaly.cpu().numpy().copy())
-        self._inlier.append(inlier.cpu().numpy().copy())
+        self._anomaly.append(anomaly.cpu().numpy())  # masked selections: already copies
+        self._inlier.append(inlier.cpu().numpy())
         self.num_anomaly += anomaly.numel()
         self.num_inlier += inlier.numel()
 
