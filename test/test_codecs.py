@@ -163,11 +163,19 @@ def test_bad_messages_raise_one_clear_error(msg, match):
     assert "\n" not in text and len(text) < 300 and info.value.reason
 
 
-def test_huge_compressed_image_rejected_before_decoding():
+@pytest.mark.parametrize("size,match", [((16385, 1), "outside"), ((8200, 8200), "budget")])
+def test_huge_compressed_image_rejected_before_decoding(size, match):
     buffer = io.BytesIO()
-    Image.new("L", (16385, 1)).save(buffer, format="PNG")
-    with pytest.raises(MessageError, match="outside"):
+    Image.new("1", size).save(buffer, format="PNG")
+    with pytest.raises(MessageError, match=match):
         decode_image(SimpleNamespace(format="png", data=buffer.getvalue()))
+
+
+def test_strided_data_array_is_accepted():
+    msg = image_msg(RGB, "rgb8", container=np.ndarray)
+    doubled = np.repeat(msg.data, 2)
+    msg.data = doubled[::2]  # a non-contiguous view, as a deserialiser might hand out
+    np.testing.assert_array_equal(decode_image(msg), RGB)
 
 
 def test_encoders_round_trip():

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import io
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 MAX_SIDE = 16384
+MAX_COMPRESSED_PIXELS = 64 * 2**20  # a few bytes of PNG may claim any size: cap what we inflate
 
 _LITTLE_HOST = sys.byteorder == "little"
 
@@ -82,7 +82,7 @@ def _buffer(data: Any) -> np.ndarray:
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8:
             raise MessageError(f"image data must be uint8, got dtype {data.dtype}", "data")
-        return data.reshape(-1)
+        return np.ascontiguousarray(data.reshape(-1))
     try:
         return np.frombuffer(data, dtype=np.uint8)
     except (TypeError, ValueError):
@@ -194,11 +194,11 @@ def _open_compressed(msg: Any, formats: tuple[str, ...]):
     if not any(n in kind for f in formats for n in names[f]) or "compresseddepth" in kind:
         raise MessageError(f"compressed format {msg.format!r} is not one of {', '.join(formats).lower()}", "format")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(_buffer(msg.data).tobytes()), formats=list(formats))
-            _check_size(image.height, image.width)
-            image.load()
+        image = Image.open(io.BytesIO(_buffer(msg.data).tobytes()), formats=list(formats))
+        h, w = _check_size(image.height, image.width)
+        if h * w > MAX_COMPRESSED_PIXELS:
+            raise MessageError(f"compressed image of {w}x{h} pixels exceeds the {MAX_COMPRESSED_PIXELS} pixel budget", "size")
+        image.load()
     except MessageError:
         raise
     except Exception as exc:  # PIL raises many kinds for corrupt or hostile payloads
