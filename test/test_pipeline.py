@@ -103,6 +103,9 @@ def test_bad_message_rejected_and_next_frame_processed(pipeline, typestore, capl
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2 and "hsv8" in warnings[1]  # one line per reason, not per frame
     assert pipeline.process(SimpleNamespace(height=H)) is None  # not even a message
+    no_stamp = SimpleNamespace(**{k: getattr(good, k) for k in ("height", "width", "encoding", "is_bigendian", "step", "data")},
+                               header=SimpleNamespace(frame_id="cam"))
+    assert pipeline.process(no_stamp) is None and stats.rejected_by_reason["header"] == 2
 
 
 def test_rclpy_style_and_compressed_inputs(pipeline, typestore, detector):

@@ -53,6 +53,16 @@ class PipelineStats:
     rejected_by_reason: Counter = field(default_factory=Counter)
 
 
+def _checked_header(msg: Any) -> Any:
+    """The message's std_msgs/Header, if it has one the factories can copy."""
+    header = getattr(msg, "header", None)
+    stamp = getattr(header, "stamp", None)
+    if not (isinstance(getattr(stamp, "sec", None), int) and isinstance(getattr(stamp, "nanosec", None), int)
+            and isinstance(getattr(header, "frame_id", None), str)):
+        raise MessageError("message has no header with an integer stamp and a frame_id", "header")
+    return header
+
+
 class FramePipeline:
     """Runs ``detector`` on image messages and builds output messages with ``factory``.
 
@@ -74,9 +84,7 @@ class FramePipeline:
         self.stats.received += 1
         t0 = time.perf_counter()
         try:
-            header = getattr(msg, "header", None)
-            if header is None:
-                raise MessageError("message has no header", "header")
+            header = _checked_header(msg)
             frame = decode_image(msg)
         except MessageError as exc:
             self._reject(exc)
