@@ -18,7 +18,8 @@ times and the node's keep-latest policy (flowclas_ros.live) drops those that arr
 another waits. The clock is simulated from each frame's measured processing time rather
 than slept, so the replay runs as fast as the model and its drops are deterministic given
 those times. OUT/replay.json reports counts, drop rate, latency percentiles (arrival to
-publish) and throughput. Everything streams: memory stays flat over long bags.
+publish), mean milliseconds per pipeline stage and throughput. Everything streams: memory
+stays flat over long bags (measured: the same peak RSS for 300 and 3000 frames).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import argparse
 import json
 import sys
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,7 @@ class Replay:
         self.next_diagnostics = None
         self.last_ns = 0
         self.index = 0
+        self.stage_seconds: Counter = Counter()  # pipeline stage -> total seconds
 
     def frames(self):
         """Image frames ``(log ns, (index, raw))`` in log order; copies every message on the way
@@ -244,6 +246,7 @@ class Replay:
             self.bag.write(self.label_info, publish_ns, label)
             self.label_written = True
         self.stats.processed += 1
+        self.stage_seconds.update(output.timings)
         self.stats.output_rate.tick(publish_ns * 1e-9)
         if self.evaluation is not None:
             stamp = stamp_to_ns(msg.header.stamp)
@@ -367,10 +370,12 @@ def run(args: argparse.Namespace) -> int:
         name = (bag_path.stem if bag_path.is_file() else bag_path.name) or "bag"
         started = time.perf_counter()
         with BagWriter(out / name, args.storage) as bag, tqdm(total=total, desc="replay", unit="frame") as progress:
-            Replay(args, reader, bag, pipeline, factory, stats, evaluation, truth_folder).run(progress)
+            replayer = Replay(args, reader, bag, pipeline, factory, stats, evaluation, truth_folder)
+            replayer.run(progress)
         seconds = time.perf_counter() - started
 
     report = _report(args, stats, seconds, out / name)
+    report["stage_ms"] = {k: 1e3 * v / max(1, stats.processed) for k, v in replayer.stage_seconds.items()}
     (out / "replay.json").write_text(json.dumps(report, indent=2) + "\n")
     metrics_path = evaluation.write(out / "metrics.json", model=str(args.model), bag=str(bag_path)) if evaluation else None
     print(

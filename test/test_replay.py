@@ -219,6 +219,7 @@ def test_replay_writes_annotated_bag_and_metrics(tmp_path, bundle, in_storage, c
     assert metrics["num_pixels"] == FRAMES * H * (W - 2)  # void border dropped
     report = json.loads((out / "replay.json").read_text())
     assert (report["frames"], report["processed"], report["dropped"], report["rejected"]) == (FRAMES, FRAMES, 0, 0)
+    assert set(report["stage_ms"]) == {"decode", "model", "post", "encode"} and report["stage_ms"]["model"] > 0
 
     if out_storage == "mcap":  # an independent decoder reads the same bag
         from mcap.reader import make_reader
