@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,7 @@ def _checked_header(msg: Any) -> Any:
     """The message's std_msgs/Header, if it has one the factories can copy."""
     header = getattr(msg, "header", None)
     stamp = getattr(header, "stamp", None)
-    if not (isinstance(getattr(stamp, "sec", None), int) and isinstance(getattr(stamp, "nanosec", None), int)
+    if not (isinstance(getattr(stamp, "sec", None), Integral) and isinstance(getattr(stamp, "nanosec", None), Integral)
             and isinstance(getattr(header, "frame_id", None), str)):
         raise MessageError("message has no header with an integer stamp and a frame_id", "header")
     return header
