@@ -566,16 +566,17 @@ def _picture(name: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def _coin_boxes() -> list[tuple[int, int, int, int]]:
-    """Boxes (y0, x0, y1, x1) of the coins in ``coins``, found by Otsu thresholding."""
+def _coin_labels() -> np.ndarray:
+    """One label per coin of ``coins``: watershed of the Sobel edges from dark and bright markers."""
     from scipy import ndimage
-    from skimage.filters import threshold_otsu
+    from skimage import filters, segmentation
 
     grey = _picture("coins")[..., 0]
-    bright = ndimage.binary_fill_holes(ndimage.binary_opening(grey > threshold_otsu(grey), iterations=2))
-    labels, _ = ndimage.label(bright)
-    return [(sl[0].start, sl[1].start, sl[0].stop, sl[1].stop) for sl in ndimage.find_objects(labels)
-            if (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start) > 600]
+    markers = np.where(grey < 30, 1, 0) + np.where(grey > 150, 2, 0)
+    coins = ndimage.binary_fill_holes(segmentation.watershed(filters.sobel(grey), markers) == 2)
+    disk = np.hypot(*np.mgrid[-3:4, -3:4]) <= 3
+    labels, _ = ndimage.label(ndimage.binary_opening(coins, disk))
+    return labels
 
 
 def _blob_mask(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
@@ -602,22 +603,24 @@ def _blob_mask(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
-def cut_object(source: Source, rng: np.random.Generator, longest: int) -> tuple[np.ndarray, np.ndarray]:
-    """A photo crop (H x W x 3 uint8) and its object mask (H x W bool), longest side ``longest``."""
+def cut_object(source: Source, rng: np.random.Generator, longest: int, max_zoom: float = float("inf")) -> tuple[np.ndarray, np.ndarray]:
+    """A photo crop (H x W x 3 uint8) and its object mask (H x W bool), longest side ``longest``.
+
+    Crops are enlarged at most ``max_zoom`` times, so small objects (a coin) stay sharp and smaller.
+    """
     from PIL import Image
+    from scipy import ndimage
 
     picture = _picture(source.name)
     ph, pw = picture.shape[:2]
     if source.cut == "coins":
-        y0, x0, y1, x1 = _pick(rng, _coin_boxes())
-        pad = int(0.15 * max(y1 - y0, x1 - x0))
-        y0, x0, y1, x1 = max(0, y0 - pad), max(0, x0 - pad), min(ph, y1 + pad), min(pw, x1 + pad)
-        crop = picture[y0:y1, x0:x1]
-        from scipy import ndimage
-        from skimage.filters import threshold_otsu
-
-        grey = crop[..., 0]
-        mask = ndimage.binary_fill_holes(grey > threshold_otsu(grey))
+        labels = _coin_labels()
+        coin = int(rng.integers(1, labels.max() + 1))
+        box = ndimage.find_objects(labels)[coin - 1]
+        pad = int(0.2 * (box[0].stop - box[0].start))
+        y0, x0 = max(0, box[0].start - pad), max(0, box[1].start - pad)
+        y1, x1 = min(ph, box[0].stop + pad), min(pw, box[1].stop + pad)
+        crop, mask = picture[y0:y1, x0:x1], labels[y0:y1, x0:x1] == coin
     elif source.cut == "horse":  # the silhouette, filled with fur from the cat picture
         mask = ~np.asarray(_picture("horse")[..., 0], bool)
         fur = _picture("chelsea")
@@ -634,7 +637,7 @@ def cut_object(source: Source, rng: np.random.Generator, longest: int) -> tuple[
         mask = _blob_mask(rng, crop.shape[:2])
     if rng.random() < 0.5:
         crop, mask = crop[:, ::-1], mask[:, ::-1]
-    k = longest / max(crop.shape[:2])
+    k = min(longest / max(crop.shape[:2]), max_zoom)
     size = (max(1, round(crop.shape[1] * k)), max(1, round(crop.shape[0] * k)))
     image = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(size, Image.Resampling.BILINEAR))
     mask = np.asarray(Image.fromarray(np.ascontiguousarray(mask).astype(np.uint8) * 255).resize(size, Image.Resampling.BILINEAR)) >= 128
@@ -803,9 +806,9 @@ def _item_rng(seed: int, domain: str, split: str, index: int) -> np.random.Gener
 
 
 def outlier_item(domain: str, seed: int, index: int, longest: int) -> tuple[np.ndarray, np.ndarray]:
-    """Outlier folder item ``index``: a crop from a train-split source and its mask (254 object, 0 background)."""
+    """Outlier folder item ``index``: a crop (longest side up to ``longest``) from a train-split source and its mask (254 object, 0 background)."""
     rng = _item_rng(seed, domain, "outliers", index)
-    image, mask = cut_object(_pick(rng, sources(domain, "train")), rng, longest)
+    image, mask = cut_object(_pick(rng, sources(domain, "train")), rng, longest, max_zoom=2.0)
     return image, np.where(mask, OBJECT, 0).astype(np.uint8)
 
 
@@ -869,9 +872,11 @@ def preview(root: str | Path, path: str | Path, columns: int = 4) -> Path:
     grid = np.zeros((len(rows) * th, columns * tw, 3), np.uint8)
     for y, row in enumerate(rows):
         for x, tile in enumerate(row):
-            if tile.shape[:2] != (th, tw):
-                tile = np.asarray(Image.fromarray(tile).resize((tw, th)))
-            grid[y * th : (y + 1) * th, x * tw : (x + 1) * tw] = tile
+            k = min(th / tile.shape[0], tw / tile.shape[1])  # letterbox: keep the aspect ratio
+            h, w = min(th, round(tile.shape[0] * k)), min(tw, round(tile.shape[1] * k))
+            tile = np.asarray(Image.fromarray(tile).resize((w, h)))
+            top, left = y * th + (th - h) // 2, x * tw + (tw - w) // 2
+            grid[top : top + h, left : left + w] = tile
     path = Path(path)
     Image.fromarray(grid).save(path)
     return path
