@@ -22,8 +22,10 @@ class DataConfig:
     dataset: inlier training set (``folder``, ``allo``, ``cityscapes``); outliers: outlier
     source root (``folder`` layout or prepared COCO, per ``outlier_dataset``), or None for
     the ``ml`` objective; resize: factor applied to inlier images before cropping to the
-    model input size (e.g. 0.5 so full frames resized at inference match); val_fraction: share of training images held out, with outliers
-    pasted deterministically, for validation, checkpoint selection and calibration.
+    model input size (e.g. 0.5 so that crops match full frames resized at inference);
+    val_fraction: share of training images held out, with outliers pasted
+    deterministically, for validation, checkpoint selection and calibration; options:
+    extra arguments of the inlier dataset (e.g. ``image_topic`` of a ``rosbag``).
     """
 
     dataset: str = "folder"
@@ -35,6 +37,7 @@ class DataConfig:
     val_fraction: float = 0.1
     max_val_images: int = 64
     workers: int = 0
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class OptimConfig:
     steps: int = 1000
     precision: str = "auto"
     grad_clip: float | None = None
+    eps: float = 1e-8
 
 
 @dataclass

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from training.config import TrainConfig
 from training.datasets import build_dataset, random_crop
-from training.pasting import PasteRecipe, paste_outlier
+from training.pasting import PastedSample, PasteRecipe, paste_outlier
 
 
 def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
@@ -70,33 +70,37 @@ class PastedSamples(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def paste(self, key: tuple[int, int]) -> PastedSample:
+        """The uint8 sample of ``key`` before normalisation (no outlier source: nothing pasted)."""
         epoch, i = key
         rng = np.random.default_rng([self.config.run.seed, epoch, int(i)])
         image, labels = self.inliers[int(self.indices[i])][:2]
         image, labels = random_crop(*_rescale(image, labels, self.scale), self.size, rng)
-        mean, std = self.config.model.mean, self.config.model.std
         if self.outliers is None:
-            y = np.where(labels == 255, 255, 0)
-            return {"x_mix": to_tensor(image, mean, std), "y_mix": torch.from_numpy(y.astype(np.int64))}
+            return PastedSample(image, np.where(labels == 255, 255, 0).astype(np.uint8), None, None, 1.0)
         out_image, out_mask = self.outliers[int(rng.integers(len(self.outliers)))][:2]
-        s = paste_outlier(image, labels, out_image, out_mask, self.recipe, rng)
-        return {
-            "x_mix": to_tensor(s.mix, mean, std),
-            "y_mix": torch.from_numpy(s.mix_labels.astype(np.int64)),
-            "x_out": to_tensor(s.out, mean, std),
-            "y_out": torch.from_numpy(s.out_labels.astype(np.int64)),
-        }
+        return paste_outlier(image, labels, out_image, out_mask, self.recipe, rng)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        s = self.paste(key)
+        mean, std = self.config.model.mean, self.config.model.std
+        item = {"x_mix": to_tensor(s.mix, mean, std), "y_mix": torch.from_numpy(s.mix_labels.astype(np.int64))}
+        if s.out is not None:
+            item["x_out"] = to_tensor(s.out, mean, std)
+            item["y_out"] = torch.from_numpy(s.out_labels.astype(np.int64))
+        return item
 
 
 def build_samples(config: TrainConfig) -> tuple[PastedSamples, PastedSamples]:
     """Training and validation samples for a recipe."""
-    inliers = build_dataset(config.data.dataset, config.data.root, "train")
+    inliers = build_dataset(config.data.dataset, config.data.root, "train", **config.data.options)
     outliers = None
     if config.data.outliers:
         outliers = build_dataset(config.data.outlier_dataset, config.data.outliers, "outliers")
     split = split_indices(len(inliers), config.data.val_fraction, config.data.max_val_images, config.run.seed)
-    return PastedSamples(config, split.train, inliers, outliers), PastedSamples(config, split.val, inliers, outliers)
+    # maximum likelihood trains on plain inlier crops; validation always has pasted outliers
+    train_outliers = None if config.objective.name == "ml" else outliers
+    return PastedSamples(config, split.train, inliers, train_outliers), PastedSamples(config, split.val, inliers, outliers)
 
 
 class StepBatches:

@@ -32,7 +32,13 @@ class ActNorm(nn.Module):
     def initialize(self, x: Tensor) -> None:
         """Set scale and bias from the statistics of batch ``x``."""
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+        square = (x * x).mean(dim=(0, 2, 3), keepdim=True)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every process initialises from the statistics of the whole global batch
+            stats = torch.cat([mean, square]) / torch.distributed.get_world_size()
+            torch.distributed.all_reduce(stats)
+            mean, square = stats[:1], stats[1:]
+        std = (square - mean * mean).clamp(min=0).sqrt()
         self.log_scale.copy_(-torch.log(std + 1e-6))
         self.bias.copy_(-mean * torch.exp(self.log_scale))
         self.initialized.fill_(True)

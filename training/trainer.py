@@ -1,0 +1,403 @@
+"""The training loop: one process or several (DistributedDataParallel, gloo on CPU, nccl on GPU).
+
+Plain PyTorch rather than a framework, because two guarantees are core to us and easiest to
+keep when we own the loop: a resumed run reproduces an uninterrupted one bit for bit (every
+batch is a pure function of seed and step, the schedule a pure function of step), and N
+processes on a global batch reproduce one process on the same batch (ActNorm initialises
+from all-reduced statistics, gradients are averaged by DDP).
+
+Layout of a run directory::
+
+    RUN/config.yaml               the resolved recipe
+    RUN/checkpoints/last.pt       periodic checkpoint (atomic write), resumed from
+    RUN/checkpoints/best.pt       lowest validation FPR95 so far
+    RUN/logs/train.csv, val.csv   losses, learning rate, validation metrics
+    RUN/model/                    the bundle, with the calibrated threshold and metrics
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from flowclas_ros.metrics import BinnedMetrics, as_percentages
+from flowclas_ros.model import FlowCLASNet, save_bundle
+from flowclas_ros.model.network import pad_to_multiple
+from training.config import TrainConfig
+from training.data import PastedSamples, StepBatches, build_samples
+from training.objectives import compute_loss
+
+VAL_EPOCH = 1_000_000  # validation samples use their own fixed epoch: same outliers every time
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Context:
+    """Where this process runs: rank, world size, device."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+class LossModule(nn.Module):
+    """Wraps the network so DDP sees the whole loss computation as one forward."""
+
+    def __init__(self, net: FlowCLASNet, config: TrainConfig) -> None:
+        super().__init__()
+        self.net = net
+        self.objective = config.objective
+        self.multiple = net.encoder.pad_multiple
+
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        m = self.multiple
+        x_out, y_out = batch.get("x_out"), batch.get("y_out")
+        return compute_loss(
+            self.net,
+            pad_to_multiple(batch["x_mix"], m),
+            _pad_labels(batch["y_mix"], m),
+            None if x_out is None else pad_to_multiple(x_out, m),
+            None if y_out is None else _pad_labels(y_out, m),
+            self.objective,
+            generator,
+        )
+
+
+def _pad_labels(y: Tensor, multiple: int) -> Tensor:
+    """Pad labels like images, with the ignore label."""
+    h, w = y.shape[-2:]
+    return torch.nn.functional.pad(y, (0, (-w) % multiple, 0, (-h) % multiple), value=255)
+
+
+def lr_factor(step: int, total: int, warmup: float) -> float:
+    """One-cycle schedule: linear warm-up over ``warmup * total`` steps, then cosine decay to 0."""
+    warm = int(round(warmup * total))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def parameter_groups(net: FlowCLASNet, weight_decay: float) -> list[dict]:
+    """Weight decay on projection weights only; none on flow, norm, base and bias tensors."""
+    decay, rest = [], []
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if name.startswith("projections.") and name.endswith("weight") else rest).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def autocast(ctx: Context, precision: str):
+    """Autocast context for ``fp32``/``bf16``/``fp16`` (``auto``: bf16 on CUDA when supported)."""
+    if precision == "auto":
+        precision = "bf16" if ctx.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "fp16" and ctx.device.type != "cuda":
+        raise ValueError("fp16 training needs a CUDA device; use bf16 or fp32 on CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(ctx.device.type, dtype=dtype)
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file, fsync, then rename: a kill never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by this trainer (tensors and plain values only: no unpickling of code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is not a flowclas training checkpoint (version {CHECKPOINT_VERSION})")
+    return state
+
+
+class CsvLog:
+    """Appends rows to a CSV file, writing the header once (resumed runs keep appending)."""
+
+    def __init__(self, path: Path, fields: list[str]) -> None:
+        self.path, self.fields = path, fields
+        if not path.exists():
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(fields)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([_fmt(row.get(k, "")) for k in self.fields])
+
+
+def _fmt(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _tensorboard(directory: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(directory))
+
+
+def _move(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def validate(net: FlowCLASNet, samples: PastedSamples, ctx: Context, config: TrainConfig) -> BinnedMetrics:
+    """Binned pixel metrics of the score map on this process's share of the validation set,
+    all-reduced over processes."""
+    metrics = BinnedMetrics(bins=config.run.bins)
+    net.eval()
+    keys = [(VAL_EPOCH, i) for i in range(ctx.rank, len(samples), ctx.world)]
+    for start in range(0, len(keys), config.optim.batch_size // ctx.world):
+        items = [samples[k] for k in keys[start : start + config.optim.batch_size // ctx.world]]
+        x = torch.stack([it["x_mix"] for it in items]).to(ctx.device)
+        with autocast(ctx, config.optim.precision):
+            score = net(x).float()
+        metrics.update(score.cpu(), torch.stack([it["y_mix"] for it in items]))
+    if ctx.world > 1:
+        state = metrics.state().to(ctx.device)
+        dist.all_reduce(state)
+        metrics.load_state(state.cpu())
+    net.train()
+    return metrics
+
+
+class Trainer:
+    """Trains one recipe into ``run_dir``; resumes from ``checkpoints/last.pt`` when present."""
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, ctx: Context | None = None,
+                 progress: bool = True, on_step: Callable[[int], None] | None = None) -> None:
+        self.config, self.ctx = config, ctx or Context()
+        self.run_dir = Path(run_dir)
+        self.progress = progress and self.ctx.main
+        self.on_step = on_step
+        self.checkpoints = self.run_dir / "checkpoints"
+        self.logs = self.run_dir / "logs"
+
+    def run(self) -> Path:
+        """Train to ``optim.steps``, then write and return the bundle directory."""
+        cfg, ctx = self.config, self.ctx
+        if ctx.main:
+            for d in (self.checkpoints, self.logs):
+                d.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        torch.manual_seed(cfg.run.seed)
+        net = FlowCLASNet(cfg.model).to(ctx.device).train()
+        train_set, val_set = build_samples(cfg)
+        optimizer = torch.optim.AdamW(parameter_groups(net, cfg.optim.weight_decay), lr=cfg.optim.lr, eps=cfg.optim.eps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, cfg.optim.steps, cfg.optim.warmup)
+        )
+        start, best = 0, {"fpr95": math.inf, "step": -1}
+        last = self.checkpoints / "last.pt"
+        if last.exists():
+            state = load_checkpoint(last)
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start, best = int(state["step"]), dict(state["best"])
+            if ctx.main:
+                print(f"flowclas train: resuming {self.run_dir} at step {start}/{cfg.optim.steps}", file=sys.stderr)
+        model: nn.Module = LossModule(net, cfg)
+        if ctx.world > 1:
+            model = DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=cfg.objective.name != "flowclas",
+            )
+        loader = DataLoader(
+            train_set,
+            batch_sampler=StepBatches(len(train_set), cfg.optim.batch_size, cfg.run.seed, start, cfg.optim.steps,
+                                      ctx.rank, ctx.world),
+            num_workers=cfg.data.workers,
+            persistent_workers=cfg.data.workers > 0,
+        )
+        train_log = CsvLog(self.logs / "train.csv", ["step", "loss", "ml", "contrastive", "outlier_nll", "lr", "seconds"]) if ctx.main else None
+        val_log = CsvLog(self.logs / "val.csv", ["step", "ap", "auprc_trapz", "fpr95", "auroc"]) if ctx.main else None
+        board = _tensorboard(self.logs) if ctx.main else None
+        bar = self._bar(start)
+        tic = time.perf_counter()
+        try:
+            for step, batch in enumerate(loader, start=start):
+                generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step * 101 + ctx.rank)
+                with autocast(ctx, cfg.optim.precision):
+                    loss, parts = model(_move(batch, ctx.device), generator)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {float(loss)} at step {step}; lower optim.lr or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                done = step + 1
+                if done % cfg.run.log_every == 0 or done == cfg.optim.steps:
+                    row = {"step": done, **self._global_mean({"loss": float(loss.detach()), **parts}),
+                           "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - tic}
+                if train_log and (done % cfg.run.log_every == 0 or done == cfg.optim.steps):
+                    train_log.write(row)
+                    if board:
+                        for k in ("loss", "ml", "contrastive", "outlier_nll", "lr"):
+                            board.add_scalar(f"train/{k}", row[k], done)
+                if bar:
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+                    bar.update(1)
+                if len(val_set) and (done % cfg.run.val_every == 0 or done == cfg.optim.steps):
+                    best = self._validate(net, val_set, done, best, val_log, board)
+                if done % cfg.run.checkpoint_every == 0 or done == cfg.optim.steps:
+                    self._checkpoint(last, net, optimizer, scheduler, done, best)
+                if self.on_step:
+                    self.on_step(done)
+        except KeyboardInterrupt:
+            if bar:
+                bar.close()
+            raise
+        if bar:
+            bar.close()
+        if board:
+            board.close()
+        return self._finish(net, val_set, best)
+
+    def _global_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Average logged values over processes (each saw an equal share of the global batch)."""
+        if self.ctx.world == 1:
+            return values
+        t = torch.tensor(list(values.values()), dtype=torch.float64, device=self.ctx.device)
+        dist.all_reduce(t)
+        return dict(zip(values, (t / self.ctx.world).tolist()))
+
+    def _bar(self, start: int):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.config.optim.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    def _validate(self, net, val_set, step: int, best: dict, log: CsvLog | None, board) -> dict:
+        metrics = validate(net, val_set, self.ctx, self.config)
+        if not (metrics.num_anomaly and metrics.num_inlier):
+            return best  # no pasted outliers to validate against (no outlier source)
+        values = metrics.compute()
+        if log:
+            log.write({"step": step, **as_percentages(values)})
+            if board:
+                for k, v in as_percentages(values).items():
+                    board.add_scalar(f"val/{k}", v, step)
+        if values["fpr95"] < best["fpr95"]:
+            best = {"fpr95": values["fpr95"], "step": step}
+            if self.ctx.main:
+                atomic_save({"version": CHECKPOINT_VERSION, "model": net.state_dict(), "step": step}, self.checkpoints / "best.pt")
+        return best
+
+    def _checkpoint(self, path: Path, net, optimizer, scheduler, step: int, best: dict) -> None:
+        if self.ctx.main:
+            atomic_save({
+                "version": CHECKPOINT_VERSION, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "best": best,
+            }, path)
+        if self.ctx.world > 1:
+            dist.barrier()
+
+    def _finish(self, net: FlowCLASNet, val_set: PastedSamples, best: dict) -> Path:
+        """Load the best weights, calibrate the threshold on validation inliers, write the bundle."""
+        cfg = self.config
+        best_path = self.checkpoints / "best.pt"
+        if best_path.exists():
+            net.load_state_dict(load_checkpoint(best_path)["model"])
+        config = net.config
+        config.training = {
+            "dataset": cfg.data.dataset, "root": cfg.data.root, "outliers": cfg.data.outliers,
+            "objective": cfg.objective.name, "steps": cfg.optim.steps, "batch_size": cfg.optim.batch_size,
+            "best_step": best["step"], "devices": self.ctx.world,
+        }
+        if len(val_set):
+            metrics = validate(net, val_set, self.ctx, cfg)
+            config.threshold = float(metrics.threshold_at_fpr(cfg.run.calibrate_fpr))
+            config.threshold_fpr = cfg.run.calibrate_fpr
+            if metrics.num_anomaly:
+                config.metrics = {"validation": as_percentages(metrics.compute())}
+        bundle = self.run_dir / "model"
+        if self.ctx.main:
+            save_bundle(net.eval(), bundle)
+        return bundle
+
+
+def _context_from_env(device: str | None) -> Context:
+    """Join the process group described by torchrun-style environment variables."""
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    if use_cuda:
+        torch.cuda.set_device(local)
+        return Context(rank, world, torch.device("cuda", local))
+    return Context(rank, world, torch.device("cpu"))
+
+
+def _spawned(rank: int, world: int, port: int, config: TrainConfig, run_dir: str, device: str | None) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    ctx = _context_from_env(device)
+    try:
+        Trainer(config, run_dir, ctx).run()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(config: TrainConfig, run_dir: str | Path, device: str | None = None, progress: bool = True) -> Path:
+    """Train a recipe; returns the bundle directory.
+
+    Under torchrun (``RANK``/``WORLD_SIZE`` set) this process joins the group; otherwise
+    ``run.devices`` > 1 spawns that many local processes, and 1 trains in this process.
+    """
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        ctx = _context_from_env(device)
+        try:
+            return Trainer(config, run_dir, ctx, progress).run()
+        finally:
+            dist.destroy_process_group()
+    if config.run.devices > 1:
+        import torch.multiprocessing as mp
+
+        mp.spawn(_spawned, args=(config.run.devices, _free_port(), config, str(run_dir), device),
+                 nprocs=config.run.devices, join=True)
+        return Path(run_dir) / "model"
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return Trainer(config, run_dir, Context(device=dev), progress).run()
