@@ -186,7 +186,9 @@ class _Raster:
         polygons = [np.asarray(p, np.float32).reshape(-1, 2) for p in polygons]
         lines = [np.asarray(seg, np.float32).reshape(2, 2) for seg in lines]
         disks = [np.asarray(d, np.float32) for d in disks]
-        extent = [p for p in polygons] + [seg for seg in lines] + [np.stack([d[:2] - d[2], d[:2] + d[2]]) for d in disks]
+        extent = (
+            [p for p in polygons] + [seg for seg in lines] + [np.stack([d[:2] - d[2], d[:2] + d[2]]) for d in disks]
+        )
         out = np.zeros((self.h, self.w), np.float32)
         if not extent:
             return out
@@ -275,7 +277,9 @@ def _orbital_scene(rng: np.random.Generator, shape: tuple[int, int]) -> Scene:
         dist = np.hypot(r.x - cx, r.y - cy)
         nxy = np.stack([(r.x - cx) / radius, (r.y - cy) / radius], -1)
         nz = np.sqrt(np.clip(1.0 - (nxy**2).sum(-1, keepdims=True), 0.0, 1.0))
-        swirl = _noise(rng, shape, 20 * s, aspect=2.0) + 0.5 * _noise(rng, shape, 5 * s) + 0.3 * _noise(rng, shape, 2 * s)
+        swirl = (
+            _noise(rng, shape, 20 * s, aspect=2.0) + 0.5 * _noise(rng, shape, 5 * s) + 0.3 * _noise(rng, shape, 2 * s)
+        )
         clouds = np.clip(swirl * 0.5 - 0.2, 0, 1)[..., None]
         land = (_noise(rng, shape, 40 * s) > 1.0)[..., None]
         ocean = np.where(land, np.float32([0.3, 0.3, 0.16]), np.float32([0.04, 0.14, 0.36]))
@@ -289,7 +293,9 @@ def _orbital_scene(rng: np.random.Generator, shape: tuple[int, int]) -> Scene:
     theta = rng.uniform(-0.6, 0.6) + (np.pi / 2 if rng.random() < 0.3 else 0.0)
     trusses = [(centre, theta)]
     if rng.random() < 0.4:
-        trusses.append((centre + rng.uniform(-60, 60, 2).astype(np.float32) * s, theta + np.pi / 2 + rng.uniform(-0.2, 0.2)))
+        trusses.append(
+            (centre + rng.uniform(-60, 60, 2).astype(np.float32) * s, theta + np.pi / 2 + rng.uniform(-0.2, 0.2))
+        )
     truss_colour = np.float32(_pick(rng, [(0.75, 0.75, 0.74), (0.85, 0.84, 0.8), (0.75, 0.6, 0.3)]))
     width = rng.uniform(10, 22) * s
     for c, th in trusses:
@@ -304,7 +310,12 @@ def _orbital_scene(rng: np.random.Generator, shape: tuple[int, int]) -> Scene:
             t = rng.uniform(-half, half)
             base = c + u * t - v * width / 2
             length, wide = rng.uniform(50, 120) * s, rng.uniform(14, 28) * s
-            quad = [base - u * wide / 2, base + u * wide / 2, base + u * wide / 2 - v * length, base - u * wide / 2 - v * length]
+            quad = [
+                base - u * wide / 2,
+                base + u * wide / 2,
+                base + u * wide / 2 - v * length,
+                base - u * wide / 2 - v * length,
+            ]
             cov = r.shapes(polygons=[quad])
             along = (r.x - base[0]) * u[0] + (r.y - base[1]) * u[1]
             stripes = (np.mod(along / (4 * s), 1.0) < 0.2)[..., None]
@@ -314,7 +325,11 @@ def _orbital_scene(rng: np.random.Generator, shape: tuple[int, int]) -> Scene:
         rails = [(e0 + v * sgn * width / 2, e1 + v * sgn * width / 2) for sgn in (-1, 1) for e0, e1 in [ends]]
         steps = np.arange(-half, half, width)
         zig = [c + u * a + v * width / 2 * (1 if i % 2 else -1) for i, a in enumerate(steps)]
-        members = rails + list(zip(zig[:-1], zig[1:])) + [(c + u * a - v * width / 2, c + u * a + v * width / 2) for a in steps[::2]]
+        members = (
+            rails
+            + list(zip(zig[:-1], zig[1:]))
+            + [(c + u * a - v * width / 2, c + u * a + v * width / 2) for a in steps[::2]]
+        )
         cov = r.shapes(lines=members, width=max(1.0, 0.14 * width))
         layers.append(Layer(cov, truss_colour, _tilted(rng, 0.3), specular=0.3, shadow=8 * s))
 
@@ -348,7 +363,12 @@ def _solar_wing(rng, r: _Raster, root, u, v, truss_width: float, s: float) -> li
     gap, length, wide = truss_width * rng.uniform(0.8, 2.0), rng.uniform(60, 170) * s, rng.uniform(24, 50) * s
     near = root + v * gap
     far_scale = rng.uniform(0.7, 1.0)  # foreshortening
-    quad = [near - u * wide / 2, near + u * wide / 2, near + v * length + u * wide / 2 * far_scale, near + v * length - u * wide / 2 * far_scale]
+    quad = [
+        near - u * wide / 2,
+        near + u * wide / 2,
+        near + v * length + u * wide / 2 * far_scale,
+        near + v * length - u * wide / 2 * far_scale,
+    ]
     cov = r.shapes(polygons=[quad])
     a = (r.x - near[0]) * u[0] + (r.y - near[1]) * u[1]
     b = (r.x - near[0]) * v[0] + (r.y - near[1]) * v[1]
@@ -384,7 +404,9 @@ def _arm(rng, r: _Raster, base, s: float) -> list[Layer]:
     for _ in range(int(rng.integers(2, 4))):
         heading += rng.uniform(-1.6, 1.6)
         q = p + np.float32([np.cos(heading), np.sin(heading)]) * rng.uniform(40, 90) * s
-        layers.append(_cylinder(r, p, q, thick, np.float32([0.9, 0.9, 0.88]), rounded=True, specular=0.3, shadow=18 * s))
+        layers.append(
+            _cylinder(r, p, q, thick, np.float32([0.9, 0.9, 0.88]), rounded=True, specular=0.3, shadow=18 * s)
+        )
         joints.append((*q, thick * 1.3))
         p = q
     layers.append(Layer(r.shapes(disks=joints), joint_colour, _tilted(rng, 0.3), specular=0.2, shadow=18 * s))
@@ -413,11 +435,20 @@ def _road_scene(rng: np.random.Generator, shape: tuple[int, int]) -> Scene:
     layers: list[Layer] = []
     grain, blotch = _noise(rng, shape, 1.0), _noise(rng, shape, 4 * s)
 
-    top, low = _pick(rng, [((0.25, 0.45, 0.8), (0.7, 0.8, 0.92)), ((0.55, 0.57, 0.6), (0.8, 0.8, 0.8)), ((0.3, 0.35, 0.6), (0.95, 0.7, 0.45))])
+    top, low = _pick(
+        rng,
+        [
+            ((0.25, 0.45, 0.8), (0.7, 0.8, 0.92)),
+            ((0.55, 0.57, 0.6), (0.8, 0.8, 0.8)),
+            ((0.3, 0.35, 0.6), (0.95, 0.7, 0.45)),
+        ],
+    )
     t = np.clip(r.y / yh, 0, 1)[..., None]
     sky = np.float32(top) * (1 - t) + np.float32(low) * t
     cloud = np.clip(_noise(rng, shape, 18 * s, aspect=3.0) * rng.uniform(0.2, 0.6) - 0.2, 0, 1)[..., None]
-    layers.append(Layer(np.ones(shape, np.float32), (sky * (1 - cloud) + 0.95 * cloud).astype(np.float32), receives=False))
+    layers.append(
+        Layer(np.ones(shape, np.float32), (sky * (1 - cloud) + 0.95 * cloud).astype(np.float32), receives=False)
+    )
 
     if rng.random() < 0.5:  # far hills or a tree line on the horizon
         ridge = yh - (0.5 + 0.5 * np.clip(_noise(rng, (1, w), 25 * s)[0] * 0.5 + 0.5, 0, 2)) * rng.uniform(6, 25) * s
@@ -432,14 +463,25 @@ def _road_scene(rng: np.random.Generator, shape: tuple[int, int]) -> Scene:
                 height = rng.uniform(0.15, 0.95) * yh
                 top_y, base = yh + 2 - height, yh + 2
                 cov = r.shapes(polygons=[[(x, top_y), (x + wide, top_y), (x + wide, base), (x, base)]])
-                colour = np.float32(_pick(rng, [(0.75, 0.7, 0.6), (0.6, 0.6, 0.62), (0.55, 0.32, 0.25), (0.85, 0.82, 0.72), (0.35, 0.38, 0.42)]))
+                colour = np.float32(
+                    _pick(
+                        rng,
+                        [
+                            (0.75, 0.7, 0.6),
+                            (0.6, 0.6, 0.62),
+                            (0.55, 0.32, 0.25),
+                            (0.85, 0.82, 0.72),
+                            (0.35, 0.38, 0.42),
+                        ],
+                    )
+                )
                 colour = colour * rng.uniform(0.85, 1.1)
                 pitch_x, pitch_y = rng.uniform(7, 14) * s, rng.uniform(8, 14) * s
                 wx, wy = np.mod((r.x - x) / pitch_x, 1.0), np.mod((r.y - top_y) / pitch_y, 1.0)
                 window = (wx > 0.3) & (wx < 0.8) & (wy > 0.3) & (wy < 0.8)
                 glass = np.float32(_pick(rng, [(0.15, 0.2, 0.25), (0.45, 0.55, 0.65), (0.25, 0.22, 0.2)]))
                 albedo = np.where(window[..., None], glass, colour * (1 + 0.04 * blotch)[..., None])
-                layers.append(Layer(cov, albedo.astype(np.float32), facing(), shadow=0.0))
+                layers.append(Layer(cov, albedo.astype(np.float32), facing()))
             x += wide + rng.uniform(0, 20) * s
 
     # ground: verge, pavement, kerb, road, all bounded by lines from the vanishing point
@@ -460,7 +502,9 @@ def _road_scene(rng: np.random.Generator, shape: tuple[int, int]) -> Scene:
     asphalt = rng.uniform(0.2, 0.38)
     texture = 1 + 0.12 * grain + 0.08 * _noise(rng, shape, 30 * s)
     road = r.shapes(polygons=[[vp, (xr, h), (xl, h)]])
-    layers.append(Layer(road, (np.float32([asphalt, asphalt, asphalt * 1.03]) * texture[..., None]).astype(np.float32), up))
+    layers.append(
+        Layer(road, (np.float32([asphalt, asphalt, asphalt * 1.03]) * texture[..., None]).astype(np.float32), up)
+    )
 
     lanes = int(rng.integers(2, 5))
     marks: list = []
@@ -493,7 +537,9 @@ def _dashes(rng, edge, x_bottom: float, yh: float, h: float, s: float) -> list:
     return quads
 
 
-def _tree(rng, r: _Raster, base: float, yh: float, road_left: float, road_right: float, leafy: np.ndarray) -> list[Layer]:
+def _tree(
+    rng, r: _Raster, base: float, yh: float, road_left: float, road_right: float, leafy: np.ndarray
+) -> list[Layer]:
     """A roadside tree (its ground shadow, trunk and leafy crown), sized by perspective."""
     size = (base - yh) * rng.uniform(0.9, 1.6)
     margin = size * rng.uniform(0.25, 0.6)
@@ -501,10 +547,17 @@ def _tree(rng, r: _Raster, base: float, yh: float, road_left: float, road_right:
     trunk_w, trunk_h = size * 0.06, size * 0.5
     crown_c = np.float32([x, base - trunk_h - size * 0.2])
     radius = size * rng.uniform(0.2, 0.3)
-    blobs = [(*(crown_c + rng.uniform(-0.8, 0.8, 2).astype(np.float32) * radius), radius * rng.uniform(0.6, 1.0)) for _ in range(6)]
+    blobs = [
+        (*(crown_c + rng.uniform(-0.8, 0.8, 2).astype(np.float32) * radius), radius * rng.uniform(0.6, 1.0))
+        for _ in range(6)
+    ]
     shadow_c = (x + rng.uniform(-1, 1) * size * 0.4, base + size * 0.05)
     shadow = r.shapes(polygons=[_ellipse(shadow_c, radius * 1.5, radius * 0.35)]) * 0.45
-    trunk = r.shapes(polygons=[[(x - trunk_w, base - trunk_h), (x + trunk_w, base - trunk_h), (x + trunk_w, base), (x - trunk_w, base)]])
+    trunk = r.shapes(
+        polygons=[
+            [(x - trunk_w, base - trunk_h), (x + trunk_w, base - trunk_h), (x + trunk_w, base), (x - trunk_w, base)]
+        ]
+    )
     crown = r.shapes(disks=blobs)
     green = np.float32([rng.uniform(0.12, 0.3), rng.uniform(0.28, 0.45), rng.uniform(0.06, 0.14)])
     leaves = np.clip(1 + 0.3 * leafy, 0.4, 1.6)[..., None]
@@ -560,7 +613,11 @@ def _picture(name: str) -> np.ndarray:
     image = np.ascontiguousarray(image[..., :3])
     if max(image.shape[:2]) > 640:
         k = 640 / max(image.shape[:2])
-        image = np.asarray(Image.fromarray(image).resize((round(image.shape[1] * k), round(image.shape[0] * k)), Image.Resampling.LANCZOS))
+        image = np.asarray(
+            Image.fromarray(image).resize(
+                (round(image.shape[1] * k), round(image.shape[0] * k)), Image.Resampling.LANCZOS
+            )
+        )
     image.setflags(write=False)
     return image
 
@@ -593,7 +650,9 @@ def _blob_mask(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
         n = int(rng.integers(5, 12))
         angles = np.sort(rng.uniform(0, 2 * np.pi, n))
         radii = rng.uniform(0.55, 1.0, n)
-        poly = [(w / 2 * (1 + 0.95 * rr * np.cos(a)), h / 2 * (1 + 0.95 * rr * np.sin(a))) for a, rr in zip(angles, radii)]
+        poly = [
+            (w / 2 * (1 + 0.95 * rr * np.cos(a)), h / 2 * (1 + 0.95 * rr * np.sin(a))) for a, rr in zip(angles, radii)
+        ]
         img = Image.new("1", (w, h))
         ImageDraw.Draw(img).polygon(poly, fill=1)
         mask = np.asarray(img)
@@ -603,7 +662,9 @@ def _blob_mask(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
-def cut_object(source: Source, rng: np.random.Generator, longest: int, max_zoom: float = float("inf")) -> tuple[np.ndarray, np.ndarray]:
+def cut_object(
+    source: Source, rng: np.random.Generator, longest: int, max_zoom: float = float("inf")
+) -> tuple[np.ndarray, np.ndarray]:
     """A photo crop (H x W x 3 uint8) and its object mask (H x W bool), longest side ``longest``.
 
     Crops are enlarged at most ``max_zoom`` times, so small objects (a coin) stay sharp and smaller.
@@ -629,7 +690,12 @@ def cut_object(source: Source, rng: np.random.Generator, longest: int, max_zoom:
         oy, ox = rng.integers(0, fur.shape[0] - mask.shape[0] + 1), rng.integers(0, fur.shape[1] - mask.shape[1] + 1)
         crop = fur[oy : oy + mask.shape[0], ox : ox + mask.shape[1]]
     else:
-        by0, bx0, by1, bx1 = (int(source.box[0] * ph), int(source.box[1] * pw), int(source.box[2] * ph), int(source.box[3] * pw))
+        by0, bx0, by1, bx1 = (
+            int(source.box[0] * ph),
+            int(source.box[1] * pw),
+            int(source.box[2] * ph),
+            int(source.box[3] * pw),
+        )
         ch = int((by1 - by0) * rng.uniform(0.4, 1.0))
         cw = int(min(bx1 - bx0, ch * rng.uniform(0.6, 1.6)))
         y0, x0 = rng.integers(by0, by1 - ch + 1), rng.integers(bx0, bx1 - cw + 1)
@@ -640,7 +706,12 @@ def cut_object(source: Source, rng: np.random.Generator, longest: int, max_zoom:
     k = min(longest / max(crop.shape[:2]), max_zoom)
     size = (max(1, round(crop.shape[1] * k)), max(1, round(crop.shape[0] * k)))
     image = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(size, Image.Resampling.BILINEAR))
-    mask = np.asarray(Image.fromarray(np.ascontiguousarray(mask).astype(np.uint8) * 255).resize(size, Image.Resampling.BILINEAR)) >= 128
+    mask = (
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(mask).astype(np.uint8) * 255).resize(size, Image.Resampling.BILINEAR)
+        )
+        >= 128
+    )
     return image, mask
 
 
@@ -663,7 +734,8 @@ class _Placed:
     left: int
 
 
-def _place(rng: np.random.Generator, obj: np.ndarray, mask: np.ndarray, height: int, top: int, left: int, gain: float) -> _Placed:
+def _place(obj: np.ndarray, mask: np.ndarray, height: int, top: int, left: int, gain: float) -> _Placed:
+    """An object scaled to ``height`` rows, its brightness times ``gain``, at (top, left)."""
     from PIL import Image
 
     h = max(4, height)
@@ -698,7 +770,7 @@ def _labels(cover: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class TestSample:
+class AnomalySample:
     """``image`` with pasted objects, its ``labels`` (0/1/255), and the ``inlier`` image under them."""
 
     image: np.ndarray
@@ -706,7 +778,7 @@ class TestSample:
     inlier: np.ndarray
 
 
-def test_sample(domain: str, rng: np.random.Generator, size: tuple[int, int], max_objects: int = 3) -> TestSample:
+def anomaly_sample(domain: str, rng: np.random.Generator, size: tuple[int, int], max_objects: int = 3) -> AnomalySample:
     """An inlier scene with 1..``max_objects`` objects cut from held-out (test) photo sources."""
     _check_domain(domain)
     scene_fn, light_fn = _SCENES[domain]
@@ -724,16 +796,18 @@ def test_sample(domain: str, rng: np.random.Generator, size: tuple[int, int], ma
             base = rng.uniform(scene.horizon + 0.15 * (h - scene.horizon), h * 1.05)
             height = int(max(0.08 * h, (base - scene.horizon) * rng.uniform(0.5, 1.1)))
             top, left = int(base - height), int(rng.uniform(0.1, 0.9) * w - height / 2)
-        placed.append(_place(rng, obj, mask, height, top, left, gain=rng.uniform(0.6, 1.1)))
+        placed.append(_place(obj, mask, height, top, left, gain=rng.uniform(0.6, 1.1)))
     mixed, cover = _composite(radiance, placed)
     noise = _sensor_noise(rng, size)
-    return TestSample(_expose(mixed, noise), _labels(cover), _expose(radiance, noise))
+    return AnomalySample(_expose(mixed, noise), _labels(cover), _expose(radiance, noise))
 
 
 # --------------------------------------------------------------------------- camera sequence
 
 
-def sequence(domain: str, frames: int, size: tuple[int, int] = (240, 320), seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def sequence(
+    domain: str, frames: int, size: tuple[int, int] = (240, 320), seed: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Temporally coherent camera frames ``(rgb, gt)`` (gt: 0/1/255) of one scene.
 
     The camera pans slowly over a larger canvas, the sun drifts and its strength changes,
@@ -765,7 +839,9 @@ def sequence(domain: str, frames: int, size: tuple[int, int] = (240, 320), seed:
             tracks.append((obj, mask, start, duration, p0, p1, rng.uniform(0.15, 0.4) * h))
         else:
             x = rng.uniform(0.15, 0.85) * w
-            tracks.append((obj, mask, start, duration, np.array([0.05, x]), np.array([1.15, x + rng.uniform(-0.3, 0.3) * w]), 0.0))
+            tracks.append(
+                (obj, mask, start, duration, np.array([0.05, x]), np.array([1.15, x + rng.uniform(-0.3, 0.3) * w]), 0.0)
+            )
     for f in range(frames):
         t = f / max(frames - 1, 1)
         angle = sway * np.sin(2 * np.pi * t + pan[0])
@@ -792,7 +868,7 @@ def sequence(domain: str, frames: int, size: tuple[int, int] = (240, 320), seed:
                 base = horizon + (h - horizon) * y
                 size_px = max(6.0, (base - horizon) * 0.6)
                 top, left = base - size_px, x - size_px / 2 - (ox - mx)
-            placed.append(_place(rng, obj, mask, int(size_px), int(top), int(left), gain=0.9))
+            placed.append(_place(obj, mask, int(size_px), int(top), int(left), gain=0.9))
         mixed, cover = _composite(view, placed)
         yield _expose(mixed, _sensor_noise(rng, size)), _labels(cover)
 
@@ -806,14 +882,25 @@ def _item_rng(seed: int, domain: str, split: str, index: int) -> np.random.Gener
 
 
 def outlier_item(domain: str, seed: int, index: int, longest: int) -> tuple[np.ndarray, np.ndarray]:
-    """Outlier folder item ``index``: a crop (longest side up to ``longest``) from a train-split source and its mask (254 object, 0 background)."""
+    """Outlier folder item ``index``: a crop from a train-split source and its mask (254 object, 0 background).
+
+    The crop's longest side is ``longest`` unless that would enlarge it more than twice.
+    """
     rng = _item_rng(seed, domain, "outliers", index)
     image, mask = cut_object(_pick(rng, sources(domain, "train")), rng, longest, max_zoom=2.0)
     return image, np.where(mask, OBJECT, 0).astype(np.uint8)
 
 
-def write_dataset(root: str | Path, domain: str, train: int, test: int, outliers: int, size: tuple[int, int],
-                  seed: int = 0, progress: bool = True) -> dict[str, int]:
+def write_dataset(
+    root: str | Path,
+    domain: str,
+    train: int,
+    test: int,
+    outliers: int,
+    size: tuple[int, int],
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, int]:
     """Write the folder layout (train/images, test/images, test/masks) and ``root/outliers``.
 
     Returns the number of files written per folder. Images are PNG named ``NNNNN.png``.
@@ -827,16 +914,24 @@ def write_dataset(root: str | Path, domain: str, train: int, test: int, outliers
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     for i in tqdm(range(train), desc=f"synth {domain} train", unit="img", disable=not progress):
-        Image.fromarray(inlier_image(domain, _item_rng(seed, domain, "train", i), size)).save(dirs["train/images"] / f"{i:05d}.png")
+        Image.fromarray(inlier_image(domain, _item_rng(seed, domain, "train", i), size)).save(
+            dirs["train/images"] / f"{i:05d}.png"
+        )
     for i in tqdm(range(test), desc=f"synth {domain} test", unit="img", disable=not progress):
-        sample = test_sample(domain, _item_rng(seed, domain, "test", i), size)
+        sample = anomaly_sample(domain, _item_rng(seed, domain, "test", i), size)
         Image.fromarray(sample.image).save(dirs["test/images"] / f"{i:05d}.png")
         Image.fromarray(sample.labels).save(dirs["test/masks"] / f"{i:05d}.png")
     for i in tqdm(range(outliers), desc=f"synth {domain} outliers", unit="img", disable=not progress):
         image, mask = outlier_item(domain, seed, i, max(size))
         Image.fromarray(image).save(dirs["outliers/images"] / f"{i:05d}.png")
         Image.fromarray(mask).save(dirs["outliers/masks"] / f"{i:05d}.png")
-    return {"train/images": train, "test/images": test, "test/masks": test, "outliers/images": outliers, "outliers/masks": outliers}
+    return {
+        "train/images": train,
+        "test/images": test,
+        "test/masks": test,
+        "outliers/images": outliers,
+        "outliers/masks": outliers,
+    }
 
 
 def preview(root: str | Path, path: str | Path, columns: int = 4) -> Path:
@@ -935,10 +1030,14 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "size": list(size),
         "counts": counts,
-        "labels": {"test": {"inlier": INLIER, "anomaly": ANOMALY, "void": VOID}, "outliers": {"object": OBJECT, "background": 0}},
+        "labels": {
+            "test": {"inlier": INLIER, "anomaly": ANOMALY, "void": VOID},
+            "outliers": {"object": OBJECT, "background": 0},
+        },
         "void": "anti-aliased object edge pixels (coverage strictly between 0 and 1)",
         "sources": {split: [s.name for s in sources(args.domain, split)] for split in SPLITS},
-        "sources_note": "scikit-image bundled pictures; train sources fill outliers/, test sources are held out for test/ and the bag",
+        "sources_note": "scikit-image bundled pictures; train sources fill outliers/, "
+        "test sources are held out for test/ and the bag",
     }
     (root / "synth.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"flowclas synth: {args.domain}, {args.height}x{args.width}, seed {args.seed} -> {root}")
@@ -951,7 +1050,15 @@ def run(args: argparse.Namespace) -> int:
 
         from flowclas_ros.bagio import write_camera_bag
 
-        frames = tqdm(sequence(args.domain, args.bag_frames, size, args.seed), total=args.bag_frames, desc="synth bag", unit="frame")
+        frames = tqdm(
+            sequence(args.domain, args.bag_frames, size, args.seed),
+            total=args.bag_frames,
+            desc="synth bag",
+            unit="frame",
+        )
         bag = write_camera_bag(args.bag, frames, rate_hz=args.bag_rate, storage=args.bag_storage)
-        print(f"  camera bag ({args.bag_frames} frames, /camera/image_raw + /camera/anomaly_gt, {args.bag_storage}): {bag}")
+        print(
+            f"  camera bag ({args.bag_frames} frames, /camera/image_raw + /camera/anomaly_gt, "
+            f"{args.bag_storage}): {bag}"
+        )
     return 0

@@ -22,7 +22,9 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("domain", synthetic.DOMAINS)
 def test_same_seed_same_bytes_other_seed_differs(tmp_path, domain):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        synthetic.write_dataset(tmp_path / name, domain, train=2, test=2, outliers=2, size=SIZE, seed=seed, progress=False)
+        synthetic.write_dataset(
+            tmp_path / name, domain, train=2, test=2, outliers=2, size=SIZE, seed=seed, progress=False
+        )
     a, b, c = (_files(tmp_path / n) for n in "abc")
     assert len(a) == 10
     assert a == b
@@ -62,7 +64,7 @@ def test_layout_and_label_values(tmp_path, domain):
 @pytest.mark.parametrize("domain", synthetic.DOMAINS)
 def test_labels_match_where_object_pixels_are(domain):
     for i in range(4):
-        sample = synthetic.test_sample(domain, np.random.default_rng(i), (96, 128))
+        sample = synthetic.anomaly_sample(domain, np.random.default_rng(i), (96, 128))
         changed = (sample.image != sample.inlier).any(axis=2)
         assert (sample.labels == 1).sum() > 50
         # every pixel labelled inlier is the untouched inlier image ...
@@ -116,8 +118,29 @@ def test_command_end_to_end(tmp_path, capsys):
     from rosbags.highlevel import AnyReader
 
     out, bag = tmp_path / "data", tmp_path / "camera_bag"
-    args = ["synth", "--output", str(out), "--domain", "road", "--train", "2", "--test", "2", "--outliers", "2",
-            "--height", "48", "--width", "64", "--seed", "1", "--bag", str(bag), "--bag-frames", "3"]
+    args = [
+        "synth",
+        "--output",
+        str(out),
+        "--domain",
+        "road",
+        "--train",
+        "2",
+        "--test",
+        "2",
+        "--outliers",
+        "2",
+        "--height",
+        "48",
+        "--width",
+        "64",
+        "--seed",
+        "1",
+        "--bag",
+        str(bag),
+        "--bag-frames",
+        "3",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and str(bag) in printed
@@ -127,11 +150,15 @@ def test_command_end_to_end(tmp_path, capsys):
     with AnyReader([bag]) as reader:
         topics = {c.topic: c.msgcount for c in reader.connections}
         assert topics == {"/camera/image_raw": 3, "/camera/anomaly_gt": 3}
-        msg = next(reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/camera/image_raw")
+        msg = next(
+            reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages() if c.topic == "/camera/image_raw"
+        )
         assert (msg.height, msg.width, msg.encoding) == (48, 64, "rgb8")
 
 
-@pytest.mark.parametrize("bad", [["--height", "8"], ["--train", "-1"], ["--seed", "-2"], ["--bag", "x", "--bag-frames", "0"]])
+@pytest.mark.parametrize(
+    "bad", [["--height", "8"], ["--train", "-1"], ["--seed", "-2"], ["--bag", "x", "--bag-frames", "0"]]
+)
 def test_command_rejects_bad_input(tmp_path, capsys, bad):
     assert main(["synth", "--output", str(tmp_path / "o"), *bad]) == 1
     assert "error" in capsys.readouterr().err
