@@ -235,13 +235,14 @@ def test_replay_writes_annotated_bag_and_metrics(tmp_path, bundle, in_storage, c
         assert masks[0].encoding == "mono8" and len(masks[0].data) == H * W
 
 
-def test_replay_ground_truth_folder_by_index(tmp_path, bundle):
+def test_replay_ground_truth_folder_by_stamp_or_index(tmp_path, bundle):
     frames = list(make_frames())
     bag = bagio.write_camera_bag(tmp_path / "drive", ((rgb, None) for rgb, _ in frames), storage="mcap")
     masks = tmp_path / "masks"
     masks.mkdir()
-    for i, (_, gt) in enumerate(frames[:4]):
-        PILImage.fromarray(gt).save(masks / f"{i:06d}.png")
+    for i, (_, gt) in enumerate(frames[:4]):  # two named by header stamp, two by frame index
+        name = f"{bagio.START_NS + i * 10**8}.png" if i < 2 else f"{i:06d}.png"
+        PILImage.fromarray(gt).save(masks / name)
     args = replay_args(model=bundle, bag=bag, image_topic="/camera/image_raw", output=tmp_path / "out", gt_folder=masks, overlay=False)
     assert replay.run(args) == 0
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_images"] == 4
