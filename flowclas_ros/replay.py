@@ -169,14 +169,18 @@ class Replay:
         self.evaluation, self.truth_folder = evaluation, truth_folder
         self.matcher = StampMatcher()
         self.image_type = next(c.msgtype for c in reader.connections if c.topic == args.image_topic)
-        self.copies = {}
+        self.copies = {}  # input connection id -> output connection (None: not copied)
+        by_topic = {}  # several input connections of one topic and type share one output
         for connection in reader.connections:
+            key = (connection.topic, connection.msgtype)
             if connection.topic.startswith(NAMESPACE + "/"):
                 copied = None  # outputs of an earlier replay: this replay writes its own
+            elif key in by_topic:
+                copied = by_topic[key]
             elif (copied := bag.copy(connection)) is None:
                 print(f"flowclas replay: warning: {connection.topic} ({connection.msgtype}) has no type "
                       "definition; not copied", file=sys.stderr)
-            self.copies[connection.id] = copied
+            self.copies[connection.id] = by_topic[key] = copied
         names = FRAME_TOPICS if args.overlay else tuple(t for t in FRAME_TOPICS if t != "anomaly_overlay")
         self.outputs = {
             name: bag.add(f"{NAMESPACE}/{name}", "vision_msgs/msg/Detection2DArray" if name == "hazards" else "sensor_msgs/msg/Image")
@@ -188,11 +192,14 @@ class Replay:
         self.next_diagnostics = None
         self.last_ns = 0
         self.index = 0
+        self.bad_truths = 0
         self.stage_seconds: Counter = Counter()  # pipeline stage -> total seconds
 
     def frames(self):
         """Image frames ``(log ns, (index, raw))`` in log order; copies every message on the way
         and feeds ground-truth masks to the matcher."""
+        from rosbags.highlevel import AnyReaderError
+
         from flowclas_ros.bagio import stamp_to_ns
         from flowclas_ros.runtime.codecs import MessageError, decode_mask
 
@@ -209,8 +216,10 @@ class Replay:
                 try:
                     msg = self.reader.deserialize(data, connection.msgtype)
                     pair = self.matcher.add_truth(stamp_to_ns(msg.header.stamp), decode_mask(msg))
-                except (MessageError, ValueError, AttributeError) as exc:
-                    print(f"flowclas replay: warning: ground-truth message at {timestamp} skipped: {exc}", file=sys.stderr)
+                except (AnyReaderError, MessageError, ValueError, AttributeError) as exc:
+                    self.bad_truths += 1
+                    if self.bad_truths == 1:
+                        print(f"flowclas replay: warning: ground-truth message at {timestamp} skipped: {exc}", file=sys.stderr)
                     continue
                 if pair is not None:
                     self.evaluation.add(*pair)
@@ -376,6 +385,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = _report(args, stats, seconds, out / name)
     report["stage_ms"] = {k: 1e3 * v / max(1, stats.processed) for k, v in replayer.stage_seconds.items()}
+    report["ground_truth_skipped"] = replayer.bad_truths
     (out / "replay.json").write_text(json.dumps(report, indent=2) + "\n")
     metrics_path = evaluation.write(out / "metrics.json", model=str(args.model), bag=str(bag_path)) if evaluation else None
     print(
