@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowclas_ros.model import EncoderConfig, FlowCLASNet, save_bundle
+from flowclas_ros.model import EncoderConfig, FlowCLASNet, FlowConfig, save_bundle
 from flowclas_ros.model import export as ex
 from flowclas_ros.runtime import Detector
 from flowclas_ros.runtime.backends import BackendError, create_backend, tensorrt_unavailable
@@ -28,13 +28,17 @@ def _bundle(tmp_path_factory, name: str, **changes):
     return net, save_bundle(net, tmp_path_factory.mktemp(name))
 
 
+LITE = EncoderConfig(name="efficientnet_lite0", layers=[1, 2], weights=None, input_size=(64, 96))
+
+
 @pytest.fixture(scope="module")
 def lite(tmp_path_factory):
-    return _bundle(tmp_path_factory, "lite")
+    """EfficientNet-Lite0 cut after block 2, two scales, one flow step: cheap to export."""
+    return _bundle(tmp_path_factory, "lite", encoder=LITE, flow=FlowConfig(steps=1, hidden_ratio=0.5))
 
 
 def _vit(size):
-    return dict(encoder=EncoderConfig(name="dinov2_vits14", layers=[1, 2], weights=None, input_size=size))
+    return dict(encoder=EncoderConfig(name="dinov2_vits14", layers=[0], weights=None, input_size=size))
 
 
 @pytest.fixture(scope="module", params=[(42, 56), (56, 84)], ids=lambda s: f"vit{s[0]}x{s[1]}")
@@ -82,27 +86,38 @@ def test_dynamic_size_must_be_multiple(lite):
 def test_detector_resizes_to_static_engine(lite):
     net, bundle = lite
     frame = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    eager = Detector.from_bundle(bundle)
-    compiled = Detector.from_bundle(bundle, backend="onnxruntime")
-    assert compiled.model is None and compiled.input_size == tuple(net.config.encoder.input_size)
+    engine = create_backend("onnxruntime", bundle, shape=ex.InputShape.static(32, 48))  # not the bundle's 64x96
+    compiled = Detector(None, backend=engine, config=net.config)
+    eager = Detector(net)
+    eager.input_size = (32, 48)
+    assert compiled.input_size == (32, 48)
     np.testing.assert_allclose(compiled.score(frame), eager.score(frame), atol=ATOL)
     batch = np.stack([frame, frame[::-1]])  # static batch-1 engine: run in chunks
     np.testing.assert_allclose(compiled.score(batch), eager.score(batch), atol=ATOL)
 
 
+def test_detector_from_bundle_uses_cached_artefact(lite):
+    net, bundle = lite
+    ex.ensure_artefact(bundle, "torch-export", "fp32", ex.InputShape.static(*net.config.encoder.input_size))
+    detector = Detector.from_bundle(bundle, backend="torch-export", build=False)
+    assert detector.model is None and detector.backend.name == "torch-export"
+    frame = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    np.testing.assert_allclose(detector.score(frame), Detector(net).score(frame), atol=ATOL)
+
+
 def test_stale_key_rebuilds_or_refuses(lite, monkeypatch):
     _, bundle = lite
-    shape = ex.InputShape.static(64, 64)
-    first = ex.ensure_artefact(bundle, "onnx", "fp32", shape)
-    assert ex.ensure_artefact(bundle, "onnx", "fp32", shape, build=False) == first
+    shape = ex.InputShape.static(32, 40)
+    first = ex.ensure_artefact(bundle, "torch-export", "fp32", shape)
+    assert ex.ensure_artefact(bundle, "torch-export", "fp32", shape, build=False) == first
     real = ex.library_versions
-    monkeypatch.setattr(ex, "library_versions", lambda b: {**real(b), "onnxruntime": "0.0-other"})
+    monkeypatch.setattr(ex, "library_versions", lambda b: {**real(b), "torch": "0.0-other"})
     with pytest.raises(ex.ArtefactError, match=r"stale \(versions"):
-        ex.ensure_artefact(bundle, "onnx", "fp32", shape, build=False)
-    rebuilt = ex.ensure_artefact(bundle, "onnx", "fp32", shape)
+        ex.ensure_artefact(bundle, "torch-export", "fp32", shape, build=False)
+    rebuilt = ex.ensure_artefact(bundle, "torch-export", "fp32", shape)
     assert rebuilt != first and not first.exists()
     manifest = json.loads((rebuilt.parent / ex.MANIFEST).read_text())
-    assert manifest["key"]["versions"]["onnxruntime"] == "0.0-other"
+    assert manifest["key"]["versions"]["torch"] == "0.0-other"
     assert manifest["key"]["weights_sha256"] and manifest["key"]["device"] == "cpu"
 
 
@@ -120,8 +135,8 @@ def test_corrupt_artefact_is_refused(lite):
     assert rebuilt == path
 
 
-def test_program_with_pickled_inputs_is_refused(tmp_path, small_net):
-    program = torch.export.export(small_net, (torch.randn(1, 3, 64, 96),))
+def test_program_with_pickled_inputs_is_refused(tmp_path, lite):
+    program = torch.export.export(lite[0], (torch.randn(1, 3, 64, 96),))
     torch.export.save(program, str(tmp_path / "pickled.pt2"))  # keeps sample inputs (a pickle)
     with pytest.raises(ex.ArtefactError, match="pickled sample inputs"):
         ex.load_program(tmp_path / "pickled.pt2")
@@ -138,7 +153,7 @@ def test_fp32_only_backends_refuse_half(lite):
 def test_auto_falls_back_on_cpu(lite, caplog):
     _, bundle = lite
     with caplog.at_level(logging.WARNING):
-        backend = create_backend("auto", bundle)
+        backend = create_backend("auto", bundle, shape=ex.InputShape.static(32, 48))
     assert backend.name == "onnxruntime"
     assert "tensorrt unavailable" in caplog.text
 
