@@ -1,0 +1,80 @@
+"""``flowclas export``: compiled artefacts (torch-export, ONNX, TensorRT) inside a bundle.
+
+    flowclas export --model BUNDLE --format onnx                       # static, bundle input size
+    flowclas export --model BUNDLE --format onnx --height 240 --width 320
+    flowclas export --model BUNDLE --format torch-export --min 224x320 --opt 480x640 --max 736x960
+    flowclas export --model BUNDLE --format tensorrt --device cuda --precision fp16 --max-batch 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from flowclas_ros.errors import UserError
+
+FORMATS = ("torch-export", "onnx", "tensorrt")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``HxW`` (e.g. ``480x640``) -> (height, width)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
+    if not match:
+        raise UserError(f"size {text!r} is not of the form HEIGHTxWIDTH, e.g. 480x640")
+    h, w = int(match[1]), int(match[2])
+    if not (16 <= h <= 8192 and 16 <= w <= 8192):
+        raise UserError(f"size {text!r} is outside 16..8192 pixels a side")
+    return h, w
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model bundle directory (artefacts go to BUNDLE/engines/)")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="artefact format")
+    parser.add_argument("--height", type=int, help="static input height (default: the bundle's input size)")
+    parser.add_argument("--width", type=int, help="static input width (default: the bundle's input size)")
+    parser.add_argument("--min", dest="min_size", metavar="HxW", help="smallest input of a dynamic-size artefact")
+    parser.add_argument("--opt", dest="opt_size", metavar="HxW", help="input size to tune for (dynamic; default --max)")
+    parser.add_argument("--max", dest="max_size", metavar="HxW", help="largest input of a dynamic-size artefact")
+    parser.add_argument("--max-batch", type=int, default=1, help="largest batch (batch 1..N; default 1, static)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                        help="fp16/bf16: tensorrt only (normalisation and log-density stay fp32)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for tensorrt")
+    parser.add_argument("--force", action="store_true", help="rebuild even if a valid or corrupt artefact exists")
+
+
+def input_shape(args: argparse.Namespace, bundle_size: tuple[int, int]):
+    """The InputShape the flags describe (static HxW, or a min/opt/max range)."""
+    from flowclas_ros.model.export import InputShape
+
+    if args.max_batch < 1:
+        raise UserError(f"--max-batch must be >= 1, got {args.max_batch}")
+    batch = (1, 1, args.max_batch)
+    ranged = args.min_size or args.opt_size or args.max_size
+    if ranged and (args.height or args.width):
+        raise UserError("give either --height/--width or --min/--opt/--max, not both")
+    if ranged:
+        if not (args.min_size and args.max_size):
+            raise UserError("a dynamic size needs both --min and --max (and optionally --opt)")
+        lo, hi = parse_size(args.min_size), parse_size(args.max_size)
+        opt = parse_size(args.opt_size) if args.opt_size else hi
+        return InputShape(batch, (lo[0], opt[0], hi[0]), (lo[1], opt[1], hi[1]))
+    h, w = args.height or bundle_size[0], args.width or bundle_size[1]
+    parse_size(f"{h}x{w}")
+    return InputShape(batch, (h,) * 3, (w,) * 3)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flowclas_ros.model.bundle import read_bundle_config
+    from flowclas_ros.model.export import MANIFEST, ensure_artefact
+    from flowclas_ros.runtime.backends import tensorrt_unavailable
+
+    config, _ = read_bundle_config(args.model)
+    shape = input_shape(args, tuple(config.encoder.input_size))
+    if args.format == "tensorrt" and (reason := tensorrt_unavailable(args.device)):
+        raise UserError(f"cannot build a TensorRT engine here: {reason}")
+    if args.format != "tensorrt" and args.precision != "fp32":
+        raise UserError(f"{args.format} artefacts are float32 only; fp16/bf16 need --format tensorrt")
+    print(f"flowclas export: building {args.format} {args.precision} for input {shape.label} (this takes a while)...")
+    path = ensure_artefact(args.model, args.format, args.precision, shape, args.device, force=args.force)
+    print(f"flowclas export: {path} (manifest {path.parent / MANIFEST})")
+    return 0
