@@ -1,0 +1,376 @@
+"""``flowclas bench``: latency, throughput and memory per backend, resolution and batch size.
+
+    flowclas bench --model BUNDLE --backends torch,torch-export,onnxruntime \\
+        --resolutions 480x640 --batch-sizes 1 --warmup 3 --iters 30 --peak-tflops 0.2 --output bench
+
+For every resolution the backends are built once (static engines, batch 1..max batch),
+warmed up, then timed round-robin - each iteration calls every backend once, starting
+with a different one each time - so that load from other processes on a shared machine
+hits all of them alike and the ratios stay fair. Two kinds of rows:
+
+* ``model``: the backend alone on a normalised ``B x 3 x H x W`` tensor;
+* ``pipeline``: the whole frame path of the ROS node and replay (``FramePipeline``: decode
+  a rosbags ``sensor_msgs/Image``, normalise, model, threshold, hazards, output messages),
+  batch 1, camera frames at the same resolution.
+
+Memory (host RSS of this process, Linux ``/proc/self/status``; not GPU memory): ``load``
+is the RSS growth while a backend is created; ``peak`` the growth of the RSS high-water
+mark (``VmHWM``, reset through ``/proc/self/clear_refs``) over the RSS just before two
+calls made before any timing, i.e. the working memory the first calls allocate. Both are
+approximate: backends share one process and the allocator reuses freed memory. FLOPs are counted on
+the eager network with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and
+matrix products, 2 FLOPs per multiply-add); with ``--peak-tflops`` the theoretical floor
+per frame is FLOPs / peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from flowclas_ros.errors import UserError
+from flowclas_ros.export import parse_size
+
+COMPILED = ("torch-export", "onnxruntime", "tensorrt")
+DEFAULT_BACKENDS = "torch,torch-export,onnxruntime,tensorrt"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model bundle directory")
+    parser.add_argument("--backends", default=DEFAULT_BACKENDS,
+                        help="comma-separated backends; unavailable ones are skipped with the reason")
+    parser.add_argument("--resolutions", default=None, help="comma-separated HxW (default: the bundle's input size)")
+    parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes for the model rows")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per backend first")
+    parser.add_argument("--iters", type=int, default=20, help="timed calls per backend and case")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="peak throughput of the hardware, TFLOP/s")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--no-pipeline", action="store_true", help="time the model alone")
+    parser.add_argument("--output", default="bench", help="folder for bench.json and bench.md")
+
+
+def _csv(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in (text or "").split(",") if t.strip()]
+    if not items:
+        raise UserError(f"--{what} needs at least one value")
+    return items
+
+
+def _options(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+    from flowclas_ros.runtime.backends import BACKENDS
+
+    backends = _csv(args.backends, "backends")
+    unknown = [b for b in backends if b not in BACKENDS or b == "auto"]
+    if unknown:
+        raise UserError(f"unknown backend(s) {', '.join(unknown)}; use {', '.join(b for b in BACKENDS if b != 'auto')}")
+    try:
+        batches = sorted({int(b) for b in _csv(args.batch_sizes, "batch-sizes")})
+    except ValueError:
+        raise UserError(f"--batch-sizes must be integers, got {args.batch_sizes!r}") from None
+    if batches[0] < 1 or batches[-1] > 256:
+        raise UserError("--batch-sizes must be in 1..256")
+    if args.warmup < 0 or args.iters < 1:
+        raise UserError("--warmup must be >= 0 and --iters >= 1")
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        raise UserError("--peak-tflops must be > 0")
+    return backends, batches
+
+
+# ------------------------------------------------------------------ machine and memory
+
+
+def machine_info() -> dict:
+    """CPU, cores, OS, Python, GPU and library versions."""
+    import torch
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in ("flowclas_ros", "torch", "onnxruntime", "onnx", "onnxscript", "numpy", "rosbags", "torch_tensorrt", "tensorrt"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "versions": versions,
+    }
+
+
+def _status_mib(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_growth(fn, calls: int = 2) -> float | None:
+    """Peak RSS growth (MiB) over the RSS before ``calls`` calls of ``fn``; None off Linux."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    before = _status_mib("VmRSS")
+    for _ in range(calls):
+        fn()
+    peak = _status_mib("VmHWM")
+    return None if before is None or peak is None else round(max(peak - before, 0.0), 1)
+
+
+def count_flops(net, x) -> int:
+    """FLOPs of one forward (``FlopCounterMode``: 2 per multiply-add of convs and matmuls)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(x)
+    return int(counter.get_total_flops())
+
+
+# ------------------------------------------------------------------ timing
+
+
+def time_round_robin(cases: dict[str, callable], warmup: int, iters: int, progress) -> dict[str, list[float]]:
+    """Seconds per call for each case, calls interleaved with a rotating start."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    names = list(cases)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(iters):
+        for n in names[i % len(names):] + names[: i % len(names)]:
+            start = time.perf_counter()
+            cases[n]()
+            times[n].append(time.perf_counter() - start)
+        progress.update(1)
+    return times
+
+
+def summarise(seconds: list[float], batch: int) -> dict:
+    import numpy as np
+
+    ms = np.asarray(seconds) * 1000
+    p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
+    return {
+        "p50_ms": round(p50, 2), "p90_ms": round(p90, 2), "p99_ms": round(p99, 2),
+        "mean_ms": round(float(ms.mean()), 2), "throughput_fps": round(batch * 1000 / p50, 2),
+    }
+
+
+# ------------------------------------------------------------------ the run
+
+
+def _image_message(typestore, frame):
+    t = typestore.types
+    header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=1, nanosec=0), frame_id="camera")
+    h, w = frame.shape[:2]
+    return t["sensor_msgs/msg/Image"](header=header, height=h, width=w, encoding="rgb8", is_bigendian=0,
+                                      step=w * 3, data=frame.reshape(-1))
+
+
+def bench_resolution(args, net, config, names, batches, size, progress) -> tuple[list[dict], list[dict]]:
+    """Rows and skipped entries for one resolution."""
+    import torch
+
+    from flowclas_ros.model.export import ArtefactError, InputShape
+    from flowclas_ros.runtime.backends import BackendError, TorchBackend, create_backend
+
+    h, w = size
+    shape = InputShape((1, 1, batches[-1]), (h,) * 3, (w,) * 3)
+    backends, loaded, skipped = {}, {}, []
+    for name in names:
+        before = _status_mib("VmRSS")
+        try:
+            if name == "torch":
+                backends[name] = TorchBackend(net, args.device)
+            else:
+                backends[name] = create_backend(name, args.model, args.device, shape=shape, net=net, threads=args.threads)
+            after = _status_mib("VmRSS")
+            loaded[name] = None if before is None or after is None else round(after - before, 1)
+        except (BackendError, ArtefactError, ImportError) as exc:
+            skipped.append({"backend": name, "resolution": f"{h}x{w}", "reason": str(exc)})
+            progress.write(f"flowclas bench: skipped {name} at {h}x{w}: {exc}")
+    if not backends:
+        return [], skipped
+    generator = torch.Generator().manual_seed(0)
+    flops = count_flops(net, torch.randn(1, 3, h, w, generator=generator).to(args.device))
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, 3, h, w, generator=generator).to(args.device)
+        reference = net(x)
+        cases = {n: (lambda b=b: b(x)) for n, b in backends.items()}
+        memory = {n: peak_rss_growth(fn) for n, fn in cases.items()}  # first calls: workspaces get allocated
+        times = time_round_robin(cases, args.warmup, args.iters, progress)
+        for n, b in backends.items():
+            diff = float((b(x).float().cpu() - reference.float().cpu()).abs().max())
+            rows.append({"kind": "model", "backend": n, "resolution": f"{h}x{w}", "batch": batch,
+                         **summarise(times[n], batch), "peak_rss_mib": memory[n], "load_rss_mib": loaded[n],
+                         "max_abs_diff_vs_torch": diff, "flops_per_frame": flops})
+    if not args.no_pipeline:
+        rows += bench_pipeline(args, config, backends, size, progress)
+    return rows, skipped
+
+
+def bench_pipeline(args, config, backends, size, progress) -> list[dict]:
+    """Whole-frame rows: FramePipeline on a rosbags sensor_msgs/Image, batch 1."""
+    import numpy as np
+    from rosbags.typesys import Stores, get_typestore
+
+    from flowclas_ros.runtime.detector import Detector
+    from flowclas_ros.runtime.messages import RosbagsFactory
+    from flowclas_ros.runtime.pipeline import FramePipeline
+
+    typestore = get_typestore(Stores.ROS2_HUMBLE)
+    factory = RosbagsFactory(typestore)
+    h, w = size
+    frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    msg = _image_message(typestore, frame)
+    pipelines = {}
+    for name, backend in backends.items():
+        detector = Detector(None, device=args.device, backend=backend, config=config)
+        detector.input_size = size  # the model rows' resolution: no resize, only the frame path
+        pipelines[name] = FramePipeline(detector, factory)
+    cases = {n: (lambda p=p: p.process(msg)) for n, p in pipelines.items()}
+    memory = {n: peak_rss_growth(fn) for n, fn in cases.items()}
+    times = time_round_robin(cases, args.warmup, args.iters, progress)
+    return [{"kind": "pipeline", "backend": n, "resolution": f"{h}x{w}", "batch": 1,
+             **summarise(times[n], 1), "peak_rss_mib": memory[n]} for n in cases]
+
+
+def add_ratios(rows: list[dict], peak_tflops: float | None) -> None:
+    """Speed-up over eager torch, pipeline / model, and the FLOP floor, in place."""
+    index = {(r["kind"], r["backend"], r["resolution"], r["batch"]): r for r in rows}
+    for r in rows:
+        torch_row = index.get((r["kind"], "torch", r["resolution"], r["batch"]))
+        r["speedup_vs_torch"] = round(torch_row["p50_ms"] / r["p50_ms"], 2) if torch_row else None
+        if r["kind"] == "pipeline":
+            model = index.get(("model", r["backend"], r["resolution"], 1))
+            r["pipeline_over_model"] = round(r["p50_ms"] / model["p50_ms"], 3) if model else None
+        elif r.get("flops_per_frame"):
+            per_frame_ms = r["p50_ms"] / r["batch"]
+            r["achieved_tflops"] = round(r["flops_per_frame"] / (per_frame_ms / 1000) / 1e12, 4)
+            if peak_tflops:
+                r["floor_ms_per_frame"] = round(r["flops_per_frame"] / (peak_tflops * 1e12) * 1000, 3)
+                r["p50_over_floor"] = round(per_frame_ms / r["floor_ms_per_frame"], 1)
+
+
+COLUMNS = [
+    ("kind", "kind"), ("backend", "backend"), ("resolution", "HxW"), ("batch", "batch"),
+    ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("throughput_fps", "frames/s"),
+    ("speedup_vs_torch", "x eager"), ("pipeline_over_model", "pipeline/model"),
+    ("max_abs_diff_vs_torch", "max abs diff"), ("load_rss_mib", "load MiB"), ("peak_rss_mib", "peak MiB"),
+    ("floor_ms_per_frame", "floor ms"), ("p50_over_floor", "x floor"),
+]
+
+
+def markdown(report: dict) -> str:
+    """The report as a markdown table with its machine and versions."""
+    m = report["machine"]
+    lines = [
+        "# flowclas bench", "",
+        f"`{report['command']}`", "",
+        f"Machine: {m['cpu']}, {m['usable_cores']} usable cores, torch threads {m['torch_threads']}, "
+        f"GPU {m['gpu'] or 'none'}, load average {m['load_average']}; {m['os']}, Python {m['python']}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+        f"Model: {report['model']['encoder']} layers {report['model']['layers']}, flow steps "
+        f"{report['model']['flow_steps']}; GFLOPs per frame: "
+        + ", ".join(f"{k}: {v / 1e9:.2f}" for k, v in report["flops_per_frame"].items()) + ".",
+        f"Warm-up {report['settings']['warmup']}, {report['settings']['iters']} timed calls per case, "
+        "backends interleaved round-robin. Memory: host RSS growth on load and peak over the first calls (MiB).",
+        "",
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|" + " --- |" * len(COLUMNS),
+    ]
+    for r in report["results"]:
+        cells = []
+        for key, _ in COLUMNS:
+            value = r.get(key)
+            cells.append("" if value is None else (f"{value:.1e}" if key == "max_abs_diff_vs_torch" else str(value)))
+        lines.append("| " + " | ".join(cells) + " |")
+    if report["skipped"]:
+        lines.append("")
+    for s in report["skipped"]:
+        lines.append(f"- skipped {s['backend']} at {s['resolution']}: {s['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def command_line(args: argparse.Namespace, names: list[str], sizes: list, batches: list[int]) -> str:
+    """The command that reproduces this run."""
+    text = (f"flowclas bench --model {args.model} --backends {','.join(names)} "
+            f"--resolutions {','.join(f'{h}x{w}' for h, w in sizes)} --batch-sizes {','.join(map(str, batches))} "
+            f"--warmup {args.warmup} --iters {args.iters}")
+    for flag, value in (("--peak-tflops", args.peak_tflops), ("--threads", args.threads)):
+        text += f" {flag} {value}" if value else ""
+    return text + (" --no-pipeline" if args.no_pipeline else "") + (f" --device {args.device}" if args.device != "cpu" else "")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from flowclas_ros.model.bundle import load_bundle
+
+    names, batches = _options(args)
+    net = load_bundle(args.model, device=args.device)
+    config = net.config
+    sizes = [parse_size(s) for s in _csv(args.resolutions, "resolutions")] if args.resolutions else [tuple(config.encoder.input_size)]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, skipped, flops = [], [], {}
+    rounds = len(sizes) * args.iters * (len(batches) + (0 if args.no_pipeline else 1))
+    with torch.inference_mode(), tqdm(total=rounds, desc="bench", unit="round") as progress:
+        for size in sizes:
+            if getattr(net.encoder, "input_size", None) is not None and size != tuple(config.encoder.input_size):
+                skipped.append({"backend": "all", "resolution": f"{size[0]}x{size[1]}",
+                                "reason": f"{config.encoder.name} runs only at its input size {config.encoder.input_size}"})
+                continue
+            new_rows, new_skipped = bench_resolution(args, net, config, names, batches, size, progress)
+            rows += new_rows
+            skipped += new_skipped
+            if new_rows:
+                flops[f"{size[0]}x{size[1]}"] = new_rows[0]["flops_per_frame"]
+    if not rows:
+        raise UserError("no backend could run: " + "; ".join(s["reason"] for s in skipped))
+    add_ratios(rows, args.peak_tflops)
+    report = {
+        "command": command_line(args, names, sizes, batches),
+        "machine": machine_info(),
+        "model": {"bundle": str(args.model), "encoder": config.encoder.name, "layers": list(config.encoder.layers),
+                  "input_size": list(config.encoder.input_size), "flow_steps": config.flow.steps},
+        "settings": {"backends": names, "batch_sizes": batches, "warmup": args.warmup, "iters": args.iters,
+                     "peak_tflops": args.peak_tflops, "threads": args.threads, "device": args.device},
+        "flops_per_frame": flops,
+        "results": rows,
+        "skipped": skipped,
+    }
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "bench.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"flowclas bench: {len(rows)} rows -> {out / 'bench.json'}, {out / 'bench.md'}")
+    return 0
