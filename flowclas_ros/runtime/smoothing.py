@@ -32,10 +32,10 @@ class RegionSource(Protocol):
 
 
 def _smooth_flat(values: np.ndarray, labels: np.ndarray, count: int, bins: int) -> np.ndarray:
-    """Algorithm 1 on 1-D ``values`` grouped by ``labels`` in 0..count (0 left untouched)."""
+    """Algorithm 1 on 1-D ``values`` grouped by ``labels`` in 0..count-1 (float64 result)."""
     values = values.astype(np.float64)
-    low = np.full(count + 1, np.inf)
-    high = np.full(count + 1, -np.inf)
+    low = np.full(count, np.inf)
+    high = np.full(count, -np.inf)
     np.minimum.at(low, labels, values)
     np.maximum.at(high, labels, values)
     span = high - low
@@ -43,29 +43,34 @@ def _smooth_flat(values: np.ndarray, labels: np.ndarray, count: int, bins: int) 
     # np.histogram's bins: [edge_i, edge_i+1), the last one closed
     b = np.minimum(((values - low[labels]) / span[labels] * bins).astype(np.int64), bins - 1)
     flat_bin = labels * bins + b
-    counts = np.bincount(flat_bin, minlength=(count + 1) * bins).reshape(count + 1, bins)
-    sums = np.bincount(flat_bin, weights=values, minlength=(count + 1) * bins).reshape(count + 1, bins)
+    counts = np.bincount(flat_bin, minlength=count * bins).reshape(count, bins)
+    sums = np.bincount(flat_bin, weights=values, minlength=count * bins).reshape(count, bins)
     fullest = counts.argmax(axis=1)
-    rows = np.arange(count + 1)
+    rows = np.arange(count)
     mean = sums[rows, fullest] / np.maximum(counts[rows, fullest], 1)
-    keep = (b == fullest[labels]) | (labels == 0)
-    return np.where(keep, values, mean[labels])
+    return np.where(b == fullest[labels], values, mean[labels])
 
 
 def smooth_labels(score: np.ndarray, labels: np.ndarray, bins: int = BINS) -> np.ndarray:
     """Algorithm 1 on every region of an ``H x W`` label image at once (0 = in no region)."""
     if labels.shape != score.shape:
         raise ValueError(f"labels shape {labels.shape} differs from score shape {score.shape}")
-    flat = labels.ravel().astype(np.int64)
-    if flat.size == 0:
-        return score.copy()
-    if flat.min() < 0:
+    out = score.copy()
+    flat = labels.reshape(-1)
+    inside = np.flatnonzero(flat)  # only labelled pixels take part (few, for mask components)
+    if inside.size == 0:
+        return out
+    ids = flat[inside].astype(np.int64)
+    if ids.min() < 0:
         raise ValueError("region labels must be non-negative (0 = in no region)")
-    if flat.max() >= flat.size:  # sparse ids: compact them, keeping 0 as "in no region"
-        ids, flat = np.unique(flat, return_inverse=True)
-        flat = flat.reshape(-1) + int(ids[0] != 0)
-    out = _smooth_flat(score.ravel(), flat, int(flat.max()), bins)
-    return out.reshape(score.shape).astype(score.dtype)
+    if ids.max() > inside.size:  # sparse ids: compact them to 0..K-1
+        _, ids = np.unique(ids, return_inverse=True)
+        ids = ids.reshape(-1)
+    else:
+        ids -= 1
+    view = out.reshape(-1)
+    view[inside] = _smooth_flat(view[inside], ids, int(ids.max()) + 1, bins)
+    return out
 
 
 def smooth_masks(score: np.ndarray, masks: Sequence[np.ndarray], bins: int = BINS) -> np.ndarray:
@@ -75,7 +80,7 @@ def smooth_masks(score: np.ndarray, masks: Sequence[np.ndarray], bins: int = BIN
         inside = np.flatnonzero(mask)
         if inside.size:
             flat = out.reshape(-1)
-            flat[inside] = _smooth_flat(flat[inside], np.ones(inside.size, np.int64), 1, bins)
+            flat[inside] = _smooth_flat(flat[inside], np.zeros(inside.size, np.int64), 1, bins)
     return out
 
 
