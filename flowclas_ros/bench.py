@@ -272,9 +272,9 @@ def add_ratios(rows: list[dict], peak_tflops: float | None) -> None:
             r["pipeline_over_model"] = round(r["p50_ms"] / model["p50_ms"], 3) if model else None
         elif r.get("flops_per_frame"):
             per_frame_ms = r["p50_ms"] / r["batch"]
-            r["achieved_tflops"] = round(r["flops_per_frame"] / (per_frame_ms / 1000) / 1e12, 4)
+            r["achieved_tflops"] = float(f"{r['flops_per_frame'] / (per_frame_ms / 1000) / 1e12:.4g}")
             if peak_tflops:
-                r["floor_ms_per_frame"] = round(r["flops_per_frame"] / (peak_tflops * 1e12) * 1000, 3)
+                r["floor_ms_per_frame"] = float(f"{r['flops_per_frame'] / (peak_tflops * 1e12) * 1000:.4g}")
                 r["p50_over_floor"] = round(per_frame_ms / r["floor_ms_per_frame"], 1)
 
 

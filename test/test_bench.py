@@ -1,0 +1,54 @@
+"""``flowclas bench`` on a tiny bundle writes JSON and markdown with the expected fields."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from flowclas_ros.cli import main
+from flowclas_ros.model import EncoderConfig, FlowCLASNet, FlowConfig, save_bundle
+
+from conftest import randomize_head, small_config
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    torch.manual_seed(0)
+    encoder = EncoderConfig(name="efficientnet_lite0", layers=[1], weights=None, input_size=(32, 48))
+    net = randomize_head(FlowCLASNet(small_config(encoder=encoder, flow=FlowConfig(steps=1, hidden_ratio=0.5))))
+    return save_bundle(net, tmp_path / "tiny")
+
+
+def test_bench_writes_json_and_markdown(bundle, tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "--model", str(bundle), "--backends", "torch,torch-export,tensorrt", "--batch-sizes", "1,2",
+            "--warmup", "1", "--iters", "3", "--peak-tflops", "0.5", "--output", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["machine"]["versions"]["torch"] == torch.__version__
+    assert report["machine"]["cpu"] and report["settings"]["iters"] == 3
+    assert report["flops_per_frame"]["32x48"] > 0
+    rows = {(r["kind"], r["backend"], r["batch"]): r for r in report["results"]}
+    assert set(rows) == {(k, b, n) for k in ("model",) for b in ("torch", "torch-export") for n in (1, 2)} | {
+        ("pipeline", "torch", 1), ("pipeline", "torch-export", 1)}
+    model = rows[("model", "torch-export", 2)]
+    assert model["p50_ms"] <= model["p90_ms"] <= model["p99_ms"]
+    assert model["throughput_fps"] == pytest.approx(2000 / model["p50_ms"], rel=0.01)
+    assert model["max_abs_diff_vs_torch"] < 1e-4
+    assert model["floor_ms_per_frame"] == pytest.approx(report["flops_per_frame"]["32x48"] / 0.5e12 * 1e3, rel=0.01)
+    assert rows[("model", "torch", 1)]["speedup_vs_torch"] == 1.0
+    assert rows[("pipeline", "torch-export", 1)]["pipeline_over_model"] > 0
+    assert [s["backend"] for s in report["skipped"]] == ["tensorrt"]
+    table = (out / "bench.md").read_text()
+    assert "| kind | backend | HxW | batch | p50 ms |" in table and "| pipeline | torch-export | 32x48 | 1 |" in table
+    assert "skipped tensorrt" in table and f"torch {torch.__version__}" in table
+    assert str(out / "bench.json") in capsys.readouterr().out
+
+
+def test_bench_rejects_bad_options(bundle, tmp_path, capsys):
+    assert main(["bench", "--model", str(bundle), "--backends", "warp", "--output", str(tmp_path)]) == 1
+    assert "unknown backend(s) warp" in capsys.readouterr().err
+    assert main(["bench", "--model", str(bundle), "--resolutions", "480by640", "--output", str(tmp_path)]) == 1
+    assert "HEIGHTxWIDTH" in capsys.readouterr().err
