@@ -41,6 +41,9 @@ setup(
         "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         "test": ["pytest>=7", "scikit-learn>=1.3", "opencv-python-headless>=4.8", "mcap-ros2-support>=0.5"],
     },
-    zip_safe=True,
-    entry_points={"console_scripts": ["flowclas = flowclas_ros.cli:main"]},
+    package_data={PACKAGE: ["data/demo_model/*"]},
+    zip_safe=False,
+    entry_points={
+        "console_scripts": ["flowclas = flowclas_ros.cli:main", "flowclas_node = flowclas_ros.node:main"]
+    },
 )

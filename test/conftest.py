@@ -7,6 +7,10 @@ import torch
 
 from flowclas_ros.model import EncoderConfig, FlowCLASNet, FlowConfig, ModelConfig
 
+# Tiny tensors run fastest on one thread; two threads on a busy 2-core CI machine make them
+# several times slower.
+torch.set_num_threads(1)
+
 
 def small_config(**changes) -> ModelConfig:
     """EfficientNet-Lite0 with random weights, two scales, a short flow: fast to build and run."""

@@ -41,17 +41,6 @@ def make_frames(n: int = FRAMES, seed: int = 0):
         yield rgb, gt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and the 2-core CI box is often shared."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def bundle(tmp_path, small_net):
     return save_bundle(small_net, tmp_path / "model")
