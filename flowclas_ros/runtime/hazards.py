@@ -35,10 +35,16 @@ def find_hazards(mask: np.ndarray, score: np.ndarray, min_area: int = 0) -> list
     labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
     if count == 0:
         return []
-    index = np.arange(1, count + 1)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    peaks = ndimage.maximum(score, labels, index)
-    means = ndimage.mean(score, labels, index)
+    # bincount / maximum.at over the labelled pixels only: ndimage.maximum and ndimage.mean
+    # sort the whole image and cost ~10 ms a frame at 480x640
+    flat = labels.ravel()
+    inside = flat.nonzero()[0]
+    ids, values = flat[inside], score.ravel()[inside].astype(np.float64)
+    areas = np.bincount(ids, minlength=count + 1)[1:]
+    means = np.bincount(ids, weights=values, minlength=count + 1)[1:] / np.maximum(areas, 1)
+    peaks = np.full(count + 1, -np.inf)
+    np.maximum.at(peaks, ids, values)
+    peaks = peaks[1:]
     hazards = []
     for i, box in enumerate(ndimage.find_objects(labels)):
         if box is None or areas[i] < min_area:
