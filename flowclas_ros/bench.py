@@ -11,7 +11,8 @@ hits all of them alike and the ratios stay fair. Two kinds of rows:
 * ``model``: the backend alone on a normalised ``B x 3 x H x W`` tensor;
 * ``pipeline``: the whole frame path of the ROS node and replay (``FramePipeline``: decode
   a rosbags ``sensor_msgs/Image``, normalise, model, threshold, hazards, output messages),
-  batch 1, camera frames at the same resolution.
+  batch 1, camera frames at the same resolution; ``stage_p50_ms`` splits it into the
+  pipeline's own stages (decode, model, post, encode).
 
 Memory (host RSS of this process, Linux ``/proc/self/status``; not GPU memory): ``load``
 is the RSS growth while a backend is created; ``peak`` the growth of the RSS high-water
@@ -254,11 +255,23 @@ def bench_pipeline(args, config, backends, size, progress) -> list[dict]:
         detector = Detector(None, device=args.device, backend=backend, config=config)
         detector.input_size = size  # the model rows' resolution: no resize, only the frame path
         pipelines[name] = FramePipeline(detector, factory)
-    cases = {n: (lambda p=p: p.process(msg)) for n, p in pipelines.items()}
+    stages = {n: [] for n in pipelines}
+
+    def case(name: str):
+        def process():
+            stages[name].append(pipelines[name].process(msg).timings)
+        return process
+
+    cases = {n: case(n) for n in pipelines}
     memory = {n: peak_rss_growth(fn) for n, fn in cases.items()}
     times = time_round_robin(cases, args.warmup, args.iters, progress)
-    return [{"kind": "pipeline", "backend": n, "resolution": f"{h}x{w}", "batch": 1,
-             **summarise(times[n], 1), "peak_rss_mib": memory[n]} for n in cases]
+    rows = []
+    for n in cases:
+        timed = stages[n][-args.iters:]
+        median = {k: round(float(np.median([t[k] for t in timed])) * 1000, 2) for k in timed[0]}
+        rows.append({"kind": "pipeline", "backend": n, "resolution": f"{h}x{w}", "batch": 1,
+                     **summarise(times[n], 1), "peak_rss_mib": memory[n], "stage_p50_ms": median})
+    return rows
 
 
 def add_ratios(rows: list[dict], peak_tflops: float | None) -> None:

@@ -63,6 +63,8 @@ def test_lite0_dynamic_sizes_match_eager(lite):
     m = net.encoder.pad_multiple
     shape = ex.InputShape((1, 1, 2), (4 * m, 8 * m, 16 * m), (4 * m, 12 * m, 16 * m))
     _check_parity(net, bundle, shape, [(1, 8 * m, 12 * m), (2, 5 * m, 16 * m)])
+    with pytest.raises(BackendError, match=f"multiples of {m}"):
+        create_backend("onnxruntime", bundle, shape=shape)(torch.zeros(1, 3, 8 * m + 1, 8 * m))
 
 
 def test_vit_static_matches_eager(vit):

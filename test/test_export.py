@@ -37,3 +37,35 @@ def test_torch_export_with_dynamic_batch(net):
     x3 = torch.randn(3, 3, *size)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x3), net(x3), atol=1e-5, rtol=1e-5)
+
+
+def test_dynamic_height_and_width_in_multiples(small_net):
+    from flowclas_ros.model.export import InputShape, check_shape, export_program
+
+    m = small_net.encoder.pad_multiple
+    shape = InputShape((1, 1, 1), (4 * m, 8 * m, 12 * m), (4 * m, 12 * m, 16 * m))
+    check_shape(small_net, shape)
+    module = export_program(small_net, shape, m).module()
+    for h, w in ((4 * m, 16 * m), (11 * m, 5 * m)):
+        x = torch.randn(1, 3, h, w)
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), small_net(x), atol=1e-5, rtol=1e-5)
+
+
+def test_export_command(tmp_path, small_net, capsys):
+    from flowclas_ros.cli import main
+    from flowclas_ros.model import save_bundle
+
+    bundle = save_bundle(small_net, tmp_path / "b")
+    assert main(["export", "--model", str(bundle), "--format", "torch-export", "--height", "32", "--width", "48"]) == 0
+    artefact = next((bundle / "engines").glob("torch-export-fp32-b1x32x48-*/model.pt2"))
+    assert str(artefact) in capsys.readouterr().out
+    bad = [
+        (["--height", "32", "--min", "32x32", "--max", "64x64"], "not both"),
+        (["--min", "32x32"], "needs both --min and --max"),
+        (["--min", "30x32", "--max", "64x64"], "multiples of"),
+        (["--precision", "fp16"], "float32 only"),
+    ]
+    for extra, message in bad:
+        assert main(["export", "--model", str(bundle), "--format", "onnx", *extra]) == 1
+        assert message in capsys.readouterr().err

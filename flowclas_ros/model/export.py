@@ -333,6 +333,11 @@ def artefact_dir(bundle: str | Path, key: dict[str, Any]) -> Path:
     return Path(bundle) / ENGINES_DIR / (_prefix(key) + _key_hash(key))
 
 
+def read_manifest(artefact: Path) -> dict[str, Any]:
+    """The manifest next to a verified artefact file."""
+    return json.loads((artefact.parent / MANIFEST).read_text())
+
+
 def verify_artefact(directory: Path, key: dict[str, Any]) -> Path:
     """Return the artefact file of ``directory`` after checking its manifest and SHA-256."""
     try:
@@ -390,7 +395,8 @@ def build_artefact(net: FlowCLASNet, bundle: str | Path, key: dict[str, Any]) ->
                 save_program(program, path)
             else:
                 export_onnx(program, shape, path)
-        manifest = {"key": key, "files": {path.name: _sha256(path)}, "machine": platform.node()}
+        manifest = {"key": key, "files": {path.name: _sha256(path)}, "pad_multiple": net.encoder.pad_multiple,
+                    "machine": platform.node()}
         _atomic_write(work / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
         for stale in (bundle / ENGINES_DIR).glob(_prefix(key) + "*"):
             shutil.rmtree(stale)

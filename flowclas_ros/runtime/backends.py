@@ -21,7 +21,14 @@ import torch
 from torch import Tensor
 
 from flowclas_ros.model.bundle import load_bundle, read_bundle_config
-from flowclas_ros.model.export import ArtefactError, InputShape, ensure_artefact, load_program, load_tensorrt
+from flowclas_ros.model.export import (
+    ArtefactError,
+    InputShape,
+    ensure_artefact,
+    load_program,
+    load_tensorrt,
+    read_manifest,
+)
 from flowclas_ros.model.network import FlowCLASNet
 
 log = logging.getLogger(__name__)
@@ -38,12 +45,14 @@ class BackendError(ValueError):
 class Backend(ABC):
     """Maps a normalised float32 ``B x 3 x H x W`` batch to ``B x H x W`` float32 scores.
 
-    ``shape`` is the input range the backend accepts (``None``: any size).
+    ``shape`` is the input range the backend accepts (``None``: any size); a dynamic height
+    or width must also be a multiple of ``multiple`` (the padding was traced away).
     """
 
     name: str
     device: torch.device
     shape: InputShape | None = None
+    multiple: int = 1
 
     @abstractmethod
     def __call__(self, x: Tensor) -> Tensor: ...
@@ -51,8 +60,11 @@ class Backend(ABC):
     def check_input(self, x: Tensor) -> None:
         """Raise BackendError when ``x`` does not fit ``shape``."""
         b, c, h, w = x.shape
-        if c != 3 or (self.shape is not None and not self.shape.accepts(b, h, w)):
-            raise BackendError(f"{self.name} backend takes {self.shape.label if self.shape else 'Bx3xHxW'} inputs, got {tuple(x.shape)}")
+        s = self.shape
+        if c != 3 or (s is not None and not s.accepts(b, h, w)):
+            raise BackendError(f"{self.name} backend takes {s.label if s else 'Bx3xHxW'} inputs, got {tuple(x.shape)}")
+        if s is not None and any(r[0] != r[2] and v % self.multiple for r, v in ((s.height, h), (s.width, w))):
+            raise BackendError(f"{self.name} backend takes heights and widths in multiples of {self.multiple}, got {h}x{w}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={self.device}, shape={self.shape.label if self.shape else 'any'})"
@@ -95,7 +107,8 @@ class OnnxRuntimeBackend(Backend):
     """An ONNX Runtime session with all graph optimisations on.
 
     ``threads``: intra-op threads (default: torch's thread count, which follows the
-    machine's cores and ``OMP_NUM_THREADS``); inter-op parallelism is off (one chain of ops).
+    machine's cores and ``OMP_NUM_THREADS``); inter-op parallelism is off (one chain of ops)
+    and idle threads sleep instead of spinning.
     """
 
     name = "onnxruntime"
@@ -111,6 +124,9 @@ class OnnxRuntimeBackend(Backend):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # No busy-waiting between runs: a robot's cores are shared with other nodes (and, in
+        # flowclas bench, with the other backends), which spinning pool threads would starve.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
             wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", *wanted]
@@ -198,10 +214,13 @@ def create_backend(
     shape = shape or default_shape(bundle)
     path = ensure_artefact(bundle, _FORMAT[name], precision, shape, device, build=build, net=net)
     if name == "torch-export":
-        return ExportBackend(path, shape, device)
-    if name == "onnxruntime":
-        return OnnxRuntimeBackend(path, shape, device, threads)
-    return TensorRTBackend(path, shape, device, PRECISIONS[precision])
+        backend: Backend = ExportBackend(path, shape, device)
+    elif name == "onnxruntime":
+        backend = OnnxRuntimeBackend(path, shape, device, threads)
+    else:
+        backend = TensorRTBackend(path, shape, device, PRECISIONS[precision])
+    backend.multiple = int(read_manifest(path).get("pad_multiple", 1))
+    return backend
 
 
 def _auto(bundle, device, precision, shape, build, net, threads) -> Backend:
