@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from flowclas_ros.errors import UserError
+from flowclas_ros.live import PARAMETERS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -65,7 +66,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from flowclas_ros.runtime.visualize import heatmap, overlay
 
     detector = Detector.from_bundle(
-        args.model, device=args.device, precision=args.precision, threshold=args.threshold, min_area=args.min_area
+        args.model, device=args.device, precision=args.precision, backend=args.backend,
+        threshold=args.threshold, min_area=args.min_area,
     )
     images = list_images(Path(args.input))
     out = Path(args.output)
@@ -119,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model bundle directory")
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--backend", default="torch", choices=["torch"], help="inference backend")
+    p.add_argument("--backend", default="torch", choices=PARAMETERS["backend"].choices, help="inference backend")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--precision", default="fp32", choices=PARAMETERS["precision"].choices)
     p.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the bundle's)")
     p.add_argument("--min-area", type=int, default=0, help="smallest hazard region in pixels")
     p.set_defaults(func=cmd_detect)
@@ -134,23 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (module, what) in COMMANDS.items():
         p = sub.add_parser(name, help=what, description=what)
-        try:
-            command = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if not exc.name or not module.startswith(exc.name):
-                raise
-            p.set_defaults(func=_missing(name, module))
-            continue
+        command = importlib.import_module(module)
         command.add_arguments(p)
         p.set_defaults(func=command.run)
     return parser
-
-
-def _missing(name: str, module: str):
-    def run(args: argparse.Namespace) -> int:
-        raise UserError(f"{name} is not part of this installation ({module} is missing)")
-
-    return run
 
 
 def main(argv: list[str] | None = None) -> int:
