@@ -8,7 +8,7 @@ warmed up, then timed round-robin - each iteration calls every backend once, sta
 with a different one each time - so that load from other processes on a shared machine
 hits all of them alike and the ratios stay fair. Two kinds of rows:
 
-* ``model``: the backend alone on a normalised ``B x 3 x H x W`` tensor;
+* ``model``: the backend alone on a normalised ``B x 3 x H x W`` tensor (random uint8 frames);
 * ``pipeline``: the whole frame path of the ROS node and replay (``FramePipeline``: decode
   a rosbags ``sensor_msgs/Image``, normalise, model, threshold, hazards, output messages),
   batch 1, camera frames at the same resolution; ``stage_p50_ms`` splits it into the
@@ -220,8 +220,12 @@ def bench_resolution(args, net, config, names, batches, size, progress) -> tuple
     generator = torch.Generator().manual_seed(0)
     flops = count_flops(net, torch.randn(1, 3, h, w, generator=generator).to(args.device))
     rows = []
+    mean, std = (torch.tensor(v, device=args.device).view(1, 3, 1, 1) for v in (config.mean, config.std))
     for batch in batches:
-        x = torch.randn(batch, 3, h, w, generator=generator).to(args.device)
+        # camera-like input: a uint8 RGB frame normalised like the detector does (not randn,
+        # whose tails reach value ranges a camera never produces)
+        frames = torch.randint(0, 256, (batch, 3, h, w), generator=generator).to(args.device)
+        x = (frames.float() / 255 - mean) / std
         reference = net(x)
         cases = {n: (lambda b=b: b(x)) for n, b in backends.items()}
         memory = {n: peak_rss_growth(fn) for n, fn in cases.items()}  # first calls: workspaces get allocated
