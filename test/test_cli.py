@@ -53,3 +53,11 @@ def test_errors_are_one_clear_line(argv, message, capsys, tmp_path, monkeypatch)
     assert main(argv) != 0
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_overrides_accept_yaml_1_1_exponents():
+    from training.config import load_train_config
+
+    assert load_train_config("synthetic", ["optim.lr=5e-5"]).optim.lr == 5e-5
+    with pytest.raises(ValueError, match="optim.lr: expected a number"):
+        load_train_config("synthetic", ["optim.lr=fast"])

@@ -116,6 +116,18 @@ def dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"{where or 'config'}: {exc}") from None
 
 
+def _float(value: Any, where: str) -> float:
+    """A number; also a numeric string, since YAML 1.1 reads ``1e-5`` (no dot) as a string."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        if isinstance(value, str):
+            return float(value)
+    except ValueError:
+        pass
+    raise ConfigError(f"{where}: expected a number, got {value!r}")
+
+
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     """Check ``value`` against a type hint, converting lists to tuples and dicts to dataclasses."""
     if dataclasses.is_dataclass(hint):
@@ -141,8 +153,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if hint is float:
+        return _float(value, where)
     if hint in (int, str, bool):
         if type(value) is not hint:
             raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
