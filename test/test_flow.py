@@ -76,3 +76,15 @@ def test_permutations_are_seeded_and_differ_between_steps():
     perms = [s.permute.perm for s in a.steps]
     assert all(torch.equal(p, s.permute.perm) for p, s in zip(perms, b.steps))
     assert not torch.equal(perms[0], perms[1])
+
+
+def test_sample_norm_equals_group_norm_with_one_group():
+    from flowclas_ros.model.flow import SampleNorm
+
+    norm, reference = SampleNorm(6), torch.nn.GroupNorm(1, 6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    reference.load_state_dict(norm.state_dict())
+    x = torch.randn(3, 6, 5, 7) * 4 + 2
+    assert torch.allclose(norm(x), reference(x), atol=1e-5)

@@ -70,6 +70,25 @@ class Permutation(nn.Module):
         return y.index_select(1, self.inv)
 
 
+class SampleNorm(nn.GroupNorm):
+    """GroupNorm with one group (normalise each sample over C, H, W), written as reductions.
+
+    Same parameters and numbers as ``nn.GroupNorm(1, c)``; the ONNX exporter turns the
+    built-in op into Reshape + InstanceNormalization wrapped in layout conversions, which
+    cost ONNX Runtime about an eighth of the model's time, while these reductions run fused.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(1, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        centred = x - mean
+        var = (centred * centred).mean(dim=(1, 2, 3), keepdim=True)
+        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
+        return centred * scale + self.bias.view(1, -1, 1, 1)
+
+
 class ResidualSubnet(nn.Module):
     """Pre-activation residual CNN (the authors' "residual" subnet).
 
@@ -80,7 +99,7 @@ class ResidualSubnet(nn.Module):
 
     def __init__(self, cin: int, cout: int, hidden: int) -> None:
         super().__init__()
-        self.norms = nn.ModuleList(nn.GroupNorm(1, c) for c in (cin, cin, hidden, hidden))
+        self.norms = nn.ModuleList(SampleNorm(c) for c in (cin, cin, hidden, hidden))
         self.convs = nn.ModuleList(
             [
                 nn.Conv2d(cin, cin, 3, padding=1, bias=False),
