@@ -1,7 +1,7 @@
 """Objective x head on the synthetic data: train each pair, evaluate on the test split.
 
     flowclas synth --output data/synthetic
-    python benchmarks/compare_objectives.py --data data/synthetic --steps 150 --output out/compare
+    python benchmarks/compare_objectives.py --data data/synthetic --steps 200 --output out/compare
 
 Every run uses the ``synthetic`` recipe with the same seed, data, steps and batch; only the
 objective and head change. Writes ``results.json`` and ``results.md`` (AP / FPR95 in %,
@@ -29,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/synthetic", help="output of flowclas synth")
     parser.add_argument("--output", default="out/compare")
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
     args = parser.parse_args()
@@ -45,7 +45,7 @@ def main() -> None:
                 continue
             config = load_train_config("synthetic", [
                 f"data.root={args.data}", f"data.outliers={args.data}/outliers", f"objective.name={objective}",
-                f"model.head={head}", f"optim.steps={args.steps}", f"run.val_every={args.steps}",
+                f"model.head={head}", f"optim.steps={args.steps}",
             ])
             start = time.perf_counter()
             bundle = train(config, out / name)
