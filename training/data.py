@@ -20,7 +20,7 @@ from training.pasting import PastedSample, PasteRecipe, paste_outlier
 
 def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
     """H x W x 3 uint8 -> normalised 3 x H x W float32."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    x = torch.tensor(image).permute(2, 0, 1).float().div_(255.0)  # a copy: decoded images may be read-only
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 

@@ -48,6 +48,9 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a bundle is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
