@@ -94,6 +94,7 @@ def write_montage(camera_bag: Path, annotated: Path, path: Path, count: int) -> 
             for ts, msg in read_messages(reader, topic):
                 if ts in rows:
                     rows[ts][key] = decode(msg)
+    start = min(truth)
     fig = Figure(figsize=(12, 2.6 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), 4, squeeze=False)
     for r, ts in enumerate(sorted(rows)):
@@ -103,7 +104,7 @@ def write_montage(camera_bag: Path, annotated: Path, path: Path, count: int) -> 
                   (row["mask"] / 255.0, "mask (threshold)", "gray"), (gt, "ground truth (grey: void)", "gray"))
         for ax, (image, title, cmap) in zip(axes[r], panels):
             ax.imshow(image, cmap=cmap, vmin=0, vmax=1) if cmap else ax.imshow(image)
-            ax.set_title(f"{title}  (t={ts / 1e9:.1f} s)" if title == "frame" else title, fontsize=9)
+            ax.set_title(f"frame at {(ts - start) / 1e9:.1f} s" if title == "frame" else title, fontsize=9)
             ax.axis("off")
     fig.savefig(path, dpi=80)
     return path

@@ -17,11 +17,12 @@ FPR95_TPR = 0.95
 
 
 def to_tensor(array, name: str) -> torch.Tensor:
-    """A numpy array or torch tensor as a torch tensor (numpy shares memory)."""
+    """A numpy array or torch tensor as a torch tensor (writable numpy arrays share memory)."""
     if isinstance(array, torch.Tensor):
         return array.detach()
     if isinstance(array, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(array))
+        array = np.ascontiguousarray(array)
+        return torch.from_numpy(array if array.flags.writeable else array.copy())
     raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(array).__name__}")
 
 
