@@ -110,3 +110,14 @@ def test_eval_command_rejects_bad_input(tmp_path, bundle, folder_root):
         run_eval("--model", str(bundle), "--dataset", "nope", "--root", str(folder_root), "--output", str(tmp_path / "o"))
     with pytest.raises(UserError, match="missing folder|does not exist"):
         run_eval("--model", str(bundle), "--dataset", "folder", "--root", str(tmp_path), "--output", str(tmp_path / "o"))
+
+
+def test_eval_on_a_camera_bag_with_a_mask_topic(tmp_path, bundle):
+    from flowclas_ros.bagio import write_camera_bag
+
+    bag = write_camera_bag(tmp_path / "cam", ((image, labels) for image, labels, _ in frames()),
+                           "/front/image", "/front/gt", storage="mcap")
+    assert run_eval("--model", str(bundle), "--dataset", "rosbag", "--root", str(bag), "--output",
+                    str(tmp_path / "out"), "--image-topic", "/front/image", "--gt-topic", "/front/gt") == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["num_images"] == 4 and metrics["dataset"] == "rosbag"

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flowclas_ros.errors import UserError
+from flowclas_ros.live import PARAMETERS
 
-BACKENDS = ("torch", "torch-export", "onnxruntime", "tensorrt", "auto")
 EXACT_MAX_PIXELS = 50_000_000  # about 200 MB of float32 scores, a few seconds of sorting
 
 
@@ -25,9 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset layout (folder, allo, fishyscapes_laf, ...)")
     parser.add_argument("--root", required=True, help="dataset root folder")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS, help="inference backend")
+    parser.add_argument("--backend", default="torch", choices=PARAMETERS["backend"].choices, help="inference backend")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--precision", default="fp32", choices=PARAMETERS["precision"].choices)
+    parser.add_argument("--image-topic", help="with --dataset rosbag: the camera topic (default /camera/image_raw)")
+    parser.add_argument("--gt-topic", help="with --dataset rosbag: the mask topic (default /camera/anomaly_gt)")
     parser.add_argument("--bins", type=int, default=2000, help="thresholds of the binned metrics and curves")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--num-overlays", type=int, default=4, help="heatmap overlays to write")
@@ -137,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < lowest:
             raise UserError(f"{flag} must be at least {lowest}, got {value}")
     options = {} if args.max_images is None else {"max_images": args.max_images}
+    if args.dataset == "rosbag":
+        topics = {"image_topic": args.image_topic, "mask_topic": args.gt_topic}
+        options.update({k: v for k, v in topics.items() if v})
     dataset = build_dataset(args.dataset, args.root, "test", **options)
     detector = Detector.from_bundle(args.model, device=args.device, precision=args.precision, backend=args.backend)
     out = Path(args.output)
