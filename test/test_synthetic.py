@@ -81,9 +81,9 @@ def test_sources_are_bundled_photos_split_and_filtered(monkeypatch):
 
     monkeypatch.setattr(socket, "socket", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    synthetic._picture.cache_clear()
+    synthetic.objects._picture.cache_clear()
     for source in synthetic.SOURCES:
-        picture = synthetic._picture(source.name)
+        picture = synthetic.objects._picture(source.name)
         assert picture.ndim == 3 and picture.shape[2] == 3 and picture.std() > 5
     for domain in synthetic.DOMAINS:
         train, test = synthetic.sources(domain, "train"), synthetic.sources(domain, "test")
