@@ -110,6 +110,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_inference_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model``, ``--backend``, ``--device`` and ``--precision``, shared by every command that runs a bundle."""
+    p.add_argument("--model", required=True, help="model bundle directory")
+    p.add_argument("--backend", default="torch", choices=PARAMETERS["backend"].choices, help="inference backend")
+    p.add_argument("--device", default="cpu", help="device, e.g. cpu or cuda:0")
+    p.add_argument("--precision", default="fp32", choices=PARAMETERS["precision"].choices)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flowclas_ros import __version__
 
@@ -118,12 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("detect", help="score maps, masks and overlays for images")
-    p.add_argument("--model", required=True, help="model bundle directory")
+    add_inference_arguments(p)
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--backend", default="torch", choices=PARAMETERS["backend"].choices, help="inference backend")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    p.add_argument("--precision", default="fp32", choices=PARAMETERS["precision"].choices)
     p.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the bundle's)")
     p.add_argument("--min-area", type=int, default=0, help="smallest hazard region in pixels")
     p.set_defaults(func=cmd_detect)

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flowclas_ros.cli import add_inference_arguments
 from flowclas_ros.errors import UserError
-from flowclas_ros.live import PARAMETERS
 
 NAMESPACE = "/flowclas"
 FRAME_TOPICS = ("anomaly_score", "anomaly_mask", "anomaly_overlay", "hazards")
@@ -42,16 +42,13 @@ DIAGNOSTICS_PERIOD_NS = 10**9
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model bundle directory")
+    add_inference_arguments(parser)
     parser.add_argument("--bag", required=True, help="input rosbag2 (directory, .mcap or .db3)")
     parser.add_argument("--image-topic", required=True, help="camera topic (sensor_msgs/Image or CompressedImage)")
     parser.add_argument("--output", required=True, help="output folder (annotated bag, metrics.json, replay.json)")
     parser.add_argument("--gt-topic", default=None, help="ground-truth mask topic in the bag (mono8 labels)")
     parser.add_argument("--gt-folder", default=None, help="folder of ground-truth PNGs: <stamp ns>.png or <index:06d>.png")
     parser.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="output bag storage")
-    parser.add_argument("--backend", default="torch", choices=PARAMETERS["backend"].choices, help="inference backend")
-    parser.add_argument("--device", default="cpu", help="device, e.g. cpu or cuda:0")
-    parser.add_argument("--precision", default="fp32", choices=PARAMETERS["precision"].choices)
     parser.add_argument("--threshold", type=float, default=None, help="mask threshold in [0, 1] (default: the bundle's)")
     parser.add_argument("--min-area", type=int, default=0, help="smallest hazard region in pixels")
     parser.add_argument(

@@ -14,20 +14,17 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from flowclas_ros.cli import add_inference_arguments
 from flowclas_ros.errors import UserError
-from flowclas_ros.live import PARAMETERS
 
 EXACT_MAX_PIXELS = 50_000_000  # about 200 MB of float32 scores, a few seconds of sorting
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model bundle directory")
+    add_inference_arguments(parser)
     parser.add_argument("--dataset", required=True, help="dataset layout (folder, allo, fishyscapes_laf, ...)")
     parser.add_argument("--root", required=True, help="dataset root folder")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--backend", default="torch", choices=PARAMETERS["backend"].choices, help="inference backend")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    parser.add_argument("--precision", default="fp32", choices=PARAMETERS["precision"].choices)
     parser.add_argument("--image-topic", help="with --dataset rosbag: the camera topic (default /camera/image_raw)")
     parser.add_argument("--gt-topic", help="with --dataset rosbag: the mask topic (default /camera/anomaly_gt)")
     parser.add_argument("--bins", type=int, default=2000, help="thresholds of the binned metrics and curves")
