@@ -64,6 +64,15 @@ def test_schedule_and_parameter_groups():
     assert decay["weight_decay"] == 1e-5 and rest["weight_decay"] == 0.0
 
 
+def test_validation_pastes_held_out_outliers(tmp_path):
+    from training.data import build_samples
+
+    train_set, val_set = build_samples(_config(tmp_path))
+    assert set(train_set.indices).isdisjoint(val_set.indices)
+    assert set(train_set.outlier_indices).isdisjoint(val_set.outlier_indices)
+    assert len(train_set.outlier_indices) + len(val_set.outlier_indices) == 3
+
+
 def test_training_writes_a_calibrated_bundle_and_logs(tmp_path):
     config = _config(tmp_path)
     bundle = train(config, tmp_path / "run", progress=False)

@@ -54,15 +54,20 @@ def split_indices(count: int, val_fraction: float, max_val: int, seed: int) -> S
 class PastedSamples(Dataset):
     """Item ``(epoch, i)`` -> dict of normalised ``x_mix``, ``y_mix``, ``x_out``, ``y_out``.
 
-    ``i`` indexes ``indices`` (the training or validation part of the inlier set). With no
-    outlier source the mixed image is the plain crop and the outlier view is absent.
+    ``i`` indexes ``indices`` (the training or validation part of the inlier set); outliers
+    are drawn from ``outlier_indices`` of the outlier source. With no outlier source the
+    mixed image is the plain crop and the outlier view is absent.
     """
 
-    def __init__(self, config: TrainConfig, indices: np.ndarray, inliers, outliers) -> None:
+    def __init__(self, config: TrainConfig, indices: np.ndarray, inliers, outliers=None,
+                 outlier_indices: np.ndarray | None = None) -> None:
         self.config = config
         self.indices = indices
         self.inliers = inliers
         self.outliers = outliers
+        if outliers is not None and outlier_indices is None:
+            outlier_indices = np.arange(len(outliers))
+        self.outlier_indices = outlier_indices
         self.size = tuple(config.model.encoder.input_size)
         self.recipe = PasteRecipe.for_dataset(config.data.paste_recipe)
         self.scale = config.data.resize
@@ -78,7 +83,8 @@ class PastedSamples(Dataset):
         image, labels = random_crop(*_rescale(image, labels, self.scale), self.size, rng)
         if self.outliers is None:
             return PastedSample(image, np.where(labels == 255, 255, 0).astype(np.uint8), None, None, 1.0)
-        out_image, out_mask = self.outliers[int(rng.integers(len(self.outliers)))][:2]
+        pick = self.outlier_indices[int(rng.integers(len(self.outlier_indices)))]
+        out_image, out_mask = self.outliers[int(pick)][:2]
         return paste_outlier(image, labels, out_image, out_mask, self.recipe, rng)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -92,15 +98,24 @@ class PastedSamples(Dataset):
 
 
 def build_samples(config: TrainConfig) -> tuple[PastedSamples, PastedSamples]:
-    """Training and validation samples for a recipe."""
-    inliers = build_dataset(config.data.dataset, config.data.root, "train", **config.data.options)
-    outliers = None
-    if config.data.outliers:
-        outliers = build_dataset(config.data.outlier_dataset, config.data.outliers, "outliers")
-    split = split_indices(len(inliers), config.data.val_fraction, config.data.max_val_images, config.run.seed)
+    """Training and validation samples for a recipe.
+
+    Validation holds out inlier images and, when there are enough, outlier images too, so
+    checkpoints are chosen on objects the model was not trained to push away.
+    """
+    data, seed = config.data, config.run.seed
+    inliers = build_dataset(data.dataset, data.root, "train", **data.options)
+    split = split_indices(len(inliers), data.val_fraction, data.max_val_images, seed)
+    if not data.outliers:
+        return PastedSamples(config, split.train, inliers), PastedSamples(config, split.val, inliers)
+    outliers = build_dataset(data.outlier_dataset, data.outliers, "outliers")
+    held_out = split_indices(len(outliers), data.val_fraction, len(outliers), seed + 1)
+    if len(held_out.train) == 0 or len(held_out.val) == 0:
+        held_out = Split(train=np.arange(len(outliers)), val=np.arange(len(outliers)))
     # maximum likelihood trains on plain inlier crops; validation always has pasted outliers
-    train_outliers = None if config.objective.name == "ml" else outliers
-    return PastedSamples(config, split.train, inliers, train_outliers), PastedSamples(config, split.val, inliers, outliers)
+    train = (PastedSamples(config, split.train, inliers) if config.objective.name == "ml"
+             else PastedSamples(config, split.train, inliers, outliers, held_out.train))
+    return train, PastedSamples(config, split.val, inliers, outliers, held_out.val)
 
 
 class StepBatches:
