@@ -135,3 +135,12 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
         assert torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-5), k
     untrained = FlowCLASNet_head(config)
     assert any(not torch.allclose(one[k], untrained[k]) for k in one)
+
+
+def test_chunked_encoding_equals_one_batch():
+    from flowclas_ros.model import FlowCLASNet
+
+    net = FlowCLASNet(small_config()).eval()
+    x = torch.randn(5, 3, 64, 96)
+    whole, chunked = net.features(x), net.features(x, chunk=2)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(whole, chunked))

@@ -148,18 +148,20 @@ def compute_loss(
     labels_out: Tensor | None,
     objective: ObjectiveConfig,
     generator: torch.Generator | None = None,
+    chunk: int = 0,
 ) -> tuple[Tensor, dict[str, float]]:
     """The selected objective summed over scales; returns (loss, its parts as floats).
 
     The encoder sees ``x_mix`` and ``x_out`` in one batch (method.md section 3); inputs are
-    normalised and already padded to the encoder's multiple.
+    normalised and already padded to the encoder's multiple; ``chunk`` as in
+    ``FlowCLASNet.features``.
     """
     use_out = objective.name == "flowclas" and x_out is not None
     batch = torch.cat([x_mix, x_out]) if use_out else x_mix
     n = x_mix.shape[0]
     total = x_mix.new_zeros(())
     parts = {"ml": 0.0, "contrastive": 0.0, "outlier_nll": 0.0}
-    latents = net.latents(net.features(batch))
+    latents = net.latents(net.features(batch, chunk))
     for i, ((z, logdet), base) in enumerate(zip(latents, net.bases)):
         if objective.name == "outlier_nll":
             term = outlier_nll_loss(z[:n], logdet[:n], base, labels_mix, objective.epsilon)
