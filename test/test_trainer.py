@@ -144,3 +144,26 @@ def test_chunked_encoding_equals_one_batch():
     x = torch.randn(5, 3, 64, 96)
     whole, chunked = net.features(x), net.features(x, chunk=2)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(whole, chunked))
+
+
+def test_train_command_with_flags_writes_preview_and_bundle(tmp_path, capsys):
+    import yaml
+
+    from flowclas_ros.cli import main
+
+    _write_folder(tmp_path / "data", tmp_path / "outliers")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"encoder": {"name": "efficientnet_lite0", "layers": [2, 4], "weights": None, "input_size": [64, 96]},
+                  "flow": {"steps": 2, "hidden_ratio": 0.5}, "projection_dim": 16},
+        "optim": {"lr": 1e-3, "batch_size": 2, "precision": "fp32"},
+        "run": {"val_every": 2, "checkpoint_every": 2, "bins": 100},
+    }))
+    argv = ["train", "--config", str(recipe), "--output", str(tmp_path / "run"), "--data-root", str(tmp_path / "data"),
+            "--outliers", str(tmp_path / "outliers"), "--steps", "2", "--head", "fastflow", "--preview", "4"]
+    assert main(argv) == 0
+    assert (tmp_path / "run" / "pasting_preview.png").is_file()
+    net = load_bundle(tmp_path / "run" / "model")
+    assert net.config.head == "fastflow" and net.config.flow.subnet == "simple"
+    assert main(argv + ["--set", "optim.lr=-1"]) == 1
+    assert "optim.lr must be > 0" in capsys.readouterr().err
