@@ -41,6 +41,7 @@ import platform
 import re
 import shutil
 import tempfile
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -206,10 +207,20 @@ def export_onnx(program: torch.export.ExportedProgram, shape: InputShape, path: 
     """ONNX (dynamo exporter, opset 18, weights inline) of an ExportedProgram, checked."""
     import onnx
 
-    torch.onnx.export(
-        program, (example_input(shape),), str(path), dynamo=True, opset_version=OPSET, external_data=False,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,
-    )
+    # The exporter logs a warning for each torchvision operator it cannot register (we use
+    # none) and raises a pytree deprecation of torch's own: neither concerns the user.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            torch.onnx.export(
+                program, (example_input(shape),), str(path), dynamo=True, opset_version=OPSET,
+                external_data=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,
+            )
+    finally:
+        registration.setLevel(level)
     onnx.checker.check_model(str(path), full_check=True)
 
 
