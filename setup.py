@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "training", "training.*"]),
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -41,9 +41,9 @@ setup(
         "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         "test": ["pytest>=7", "scikit-learn>=1.3", "opencv-python-headless>=4.8", "mcap-ros2-support>=0.5"],
     },
-    package_data={PACKAGE: ["data/demo_model/*"]},
+    package_data={PACKAGE: ["data/demo_model/*", "training/recipes/*.yaml"]},
     zip_safe=False,
     entry_points={
-        "console_scripts": ["flowclas = flowclas_ros.cli:main", "flowclas_node = flowclas_ros.node:main"]
+        "console_scripts": ["flowclas = flowclas_ros.commands.main:main", "flowclas_node = flowclas_ros.ros.node:main"]
     },
 )

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from flowclas_ros.runtime import Detector
-from training.config import load_train_config
-from training.datasets import build_dataset
-from training.evaluate import evaluate
-from training.trainer import train
+from flowclas_ros.training.config import load_train_config
+from flowclas_ros.training.datasets import build_dataset
+from flowclas_ros.training.evaluate import evaluate
+from flowclas_ros.training.trainer import train
 
 OBJECTIVES = ("flowclas", "ml", "outlier_nll")
 HEADS = ("flowclas", "fastflow")

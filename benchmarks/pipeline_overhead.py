@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from flowclas_ros.model import EncoderConfig, FlowCLASNet, FlowConfig, ModelConfig
 from flowclas_ros.runtime import Detector
-from flowclas_ros.runtime.messages import RosbagsFactory
+from flowclas_ros.runtime.messages import rosbags_factory
 from flowclas_ros.runtime.pipeline import FramePipeline
 from flowclas_ros.runtime.smoothing import build_smoother
 
@@ -63,7 +63,7 @@ def main() -> None:
     rgb = scene(*size)
     detector.threshold = float(np.quantile(detector.score(rgb), 0.9))
     typestore = get_typestore(Stores.ROS2_HUMBLE)
-    factory = RosbagsFactory(typestore)
+    factory = rosbags_factory(typestore)
     inputs = messages(typestore, rgb)
     runs = [
         ("bgr8", "none", False), ("bayer_rggb8", "none", False), ("jpeg", "none", False),

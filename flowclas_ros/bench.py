@@ -1,4 +1,4 @@
-"""``flowclas bench``: latency, throughput and memory per backend, resolution and batch size.
+"""Benchmarks of a bundle (``flowclas bench``): latency, throughput and memory per backend, resolution and batch size.
 
     flowclas bench --model BUNDLE --backends torch,torch-export,onnxruntime \\
         --resolutions 480x640 --batch-sizes 1 --warmup 3 --iters 30 --peak-tflops 0.2 --output bench
@@ -26,34 +26,38 @@ per frame is FLOPs / peak.
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from flowclas_ros.errors import UserError
-from flowclas_ros.export import parse_size
 
-COMPILED = ("torch-export", "onnxruntime", "tensorrt")
+log = logging.getLogger(__name__)
+from flowclas_ros.deploy.shapes import parse_size
+
 DEFAULT_BACKENDS = "torch,torch-export,onnxruntime,tensorrt"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model bundle directory")
-    parser.add_argument("--backends", default=DEFAULT_BACKENDS,
-                        help="comma-separated backends; unavailable ones are skipped with the reason")
-    parser.add_argument("--resolutions", default=None, help="comma-separated HxW (default: the bundle's input size)")
-    parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes for the model rows")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per backend first")
-    parser.add_argument("--iters", type=int, default=20, help="timed calls per backend and case")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="peak throughput of the hardware, TFLOP/s")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--no-pipeline", action="store_true", help="time the model alone")
-    parser.add_argument("--output", default="bench", help="folder for bench.json and bench.md")
+@dataclass
+class BenchOptions:
+    """What ``flowclas bench`` measures (the flags, typed)."""
+
+    model: str
+    backends: str = DEFAULT_BACKENDS
+    resolutions: str | None = None
+    batch_sizes: str = "1"
+    warmup: int = 3
+    iters: int = 20
+    peak_tflops: float | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    no_pipeline: bool = False
+    output: str = "bench"
 
 
 def _csv(text: str, what: str) -> list[str]:
@@ -63,7 +67,7 @@ def _csv(text: str, what: str) -> list[str]:
     return items
 
 
-def _options(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+def _options(args: BenchOptions) -> tuple[list[str], list[int]]:
     from flowclas_ros.runtime.backends import BACKENDS
 
     backends = _csv(args.backends, "backends")
@@ -197,7 +201,8 @@ def bench_resolution(args, net, config, names, batches, size, progress) -> tuple
     """Rows and skipped entries for one resolution."""
     import torch
 
-    from flowclas_ros.model.export import ArtefactError, InputShape
+    from flowclas_ros.deploy.errors import ArtefactError
+    from flowclas_ros.deploy.shapes import InputShape
     from flowclas_ros.runtime.backends import BackendError, TorchBackend, create_backend
 
     h, w = size
@@ -214,7 +219,7 @@ def bench_resolution(args, net, config, names, batches, size, progress) -> tuple
             loaded[name] = None if before is None or after is None else round(after - before, 1)
         except (BackendError, ArtefactError, ImportError) as exc:
             skipped.append({"backend": name, "resolution": f"{h}x{w}", "reason": str(exc)})
-            progress.write(f"flowclas bench: skipped {name} at {h}x{w}: {exc}")
+            log.warning("skipped %s at %dx%d: %s", name, h, w, exc)
     if not backends:
         return [], skipped
     generator = torch.Generator().manual_seed(0)
@@ -246,11 +251,11 @@ def bench_pipeline(args, config, backends, size, progress) -> list[dict]:
     from rosbags.typesys import Stores, get_typestore
 
     from flowclas_ros.runtime.detector import Detector
-    from flowclas_ros.runtime.messages import RosbagsFactory
+    from flowclas_ros.runtime.messages import rosbags_factory
     from flowclas_ros.runtime.pipeline import FramePipeline
 
     typestore = get_typestore(Stores.ROS2_HUMBLE)
-    factory = RosbagsFactory(typestore)
+    factory = rosbags_factory(typestore)
     h, w = size
     frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     msg = _image_message(typestore, frame)
@@ -335,7 +340,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def command_line(args: argparse.Namespace, names: list[str], sizes: list, batches: list[int]) -> str:
+def command_line(args: BenchOptions, names: list[str], sizes: list, batches: list[int]) -> str:
     """The command that reproduces this run."""
     text = (f"flowclas bench --model {args.model} --backends {','.join(names)} "
             f"--resolutions {','.join(f'{h}x{w}' for h, w in sizes)} --batch-sizes {','.join(map(str, batches))} "
@@ -345,7 +350,8 @@ def command_line(args: argparse.Namespace, names: list[str], sizes: list, batche
     return text + (" --no-pipeline" if args.no_pipeline else "") + (f" --device {args.device}" if args.device != "cpu" else "")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_bench(args: BenchOptions) -> dict:
+    """Time the bundle's backends; writes ``bench.json`` and ``bench.md`` into ``args.output``."""
     import torch
     from tqdm import tqdm
 
@@ -388,6 +394,4 @@ def run(args: argparse.Namespace) -> int:
     }
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "bench.md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"flowclas bench: {len(rows)} rows -> {out / 'bench.json'}, {out / 'bench.md'}")
-    return 0
+    return report

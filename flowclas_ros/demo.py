@@ -1,4 +1,4 @@
-"""``flowclas demo``: the whole product offline, on embedded defaults.
+"""The demo (``flowclas demo``): the whole product offline, on embedded defaults.
 
 A synthetic camera bag with ground truth is written, replayed through the bundled demo
 model (EfficientNet-Lite0 features, FlowCLAS head trained on synthetic orbital scenes),
@@ -7,33 +7,50 @@ and the output folder ends up holding the annotated bag, metrics.json and a mont
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 DEMO_MODEL = Path(__file__).parent / "data" / "demo_model"
 IMAGE_TOPIC, GT_TOPIC = "/camera/image_raw", "/camera/anomaly_gt"
+log = logging.getLogger(__name__)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", default="out/demo", help="output folder (replaced if it exists)")
-    p.add_argument("--model", default=str(DEMO_MODEL), help="model bundle (default: the bundled demo model)")
-    p.add_argument("--frames", type=int, default=60, help="frames in the synthetic camera bag")
-    p.add_argument("--domain", default="orbital", choices=["orbital", "road"], help="scene domain of the demo model")
-    p.add_argument("--seed", type=int, default=1, help="seed of the synthetic sequence")
-    p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="bag storage")
-    p.add_argument("--montage-frames", type=int, default=4, help="frames shown in montage.png")
+@dataclass
+class DemoOptions:
+    """What the demo writes (``flowclas demo``'s flags, typed)."""
+
+    output: str = "out/demo"
+    model: str = str(DEMO_MODEL)
+    frames: int = 60
+    domain: str = "orbital"
+    seed: int = 1
+    storage: str = "mcap"
+    montage_frames: int = 4
 
 
-def run(args: argparse.Namespace) -> int:
-    from flowclas_ros import replay
-    from flowclas_ros.bagio import write_camera_bag
+@dataclass
+class DemoResult:
+    """The demo's files and metrics."""
+
+    camera_bag: Path
+    annotated_bag: Path
+    metrics_path: Path
+    montage: Path
+    metrics: dict
+
+
+def run_demo(args: DemoOptions) -> DemoResult:
+    """Write the synthetic camera bag, replay it through the model, draw the montage."""
     from flowclas_ros.errors import UserError
     from flowclas_ros.model.bundle import read_bundle_config
+    from flowclas_ros.replay import ReplayOptions, replay
     from flowclas_ros.synthetic import sequence
+    from flowclas_ros.synthetic.camera_bag import write_camera_bag
 
     if args.frames < 1:
         raise UserError("--frames must be at least 1")
@@ -44,27 +61,16 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     size = tuple(config.encoder.input_size)
-    print(f"flowclas demo: writing a synthetic {domain} camera bag ({args.frames} frames, {size[1]}x{size[0]})")
+    log.info("writing a synthetic %s camera bag (%d frames, %dx%d)", domain, args.frames, size[1], size[0])
     bag = write_camera_bag(out / "camera_bag", sequence(domain, args.frames, size, args.seed),
                            IMAGE_TOPIC, GT_TOPIC, storage=args.storage)
-    parser = argparse.ArgumentParser()
-    replay.add_arguments(parser)
-    replay.run(parser.parse_args([
-        "--model", str(args.model), "--bag", str(bag), "--image-topic", IMAGE_TOPIC, "--gt-topic", GT_TOPIC,
-        "--output", str(out / "replay"), "--storage", args.storage, "--components",
-    ]))
-    annotated = out / "replay" / bag.name
-    montage = write_montage(bag, annotated, out / "montage.png", args.montage_frames)
-    metrics = json.loads((out / "replay" / "metrics.json").read_text())
-    print(
-        f"flowclas demo: AP {metrics['ap']:.1f}%  FPR95 {metrics['fpr95']:.1f}%  AUROC {metrics['auroc']:.1f}% "
-        f"on {metrics['num_images']} frames\n"
-        f"  camera bag:     {bag}\n"
-        f"  annotated bag:  {annotated}   (topics /flowclas/*; open it in Foxglove)\n"
-        f"  metrics:        {out / 'replay' / 'metrics.json'}\n"
-        f"  montage:        {montage}"
-    )
-    return 0
+    result = replay(ReplayOptions(model=str(args.model), bag=str(bag), image_topic=IMAGE_TOPIC, gt_topic=GT_TOPIC,
+                                  output=str(out / "replay"), storage=args.storage, components=True))
+    if result.metrics is None:
+        raise UserError("the replay produced no metrics (no frame with ground truth was processed)")
+    montage = write_montage(bag, result.output_bag, out / "montage.png", args.montage_frames)
+    metrics = json.loads(result.metrics.read_text())
+    return DemoResult(bag, result.output_bag, result.metrics, montage, metrics)
 
 
 def _float_image(msg) -> np.ndarray:

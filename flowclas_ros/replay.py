@@ -1,4 +1,4 @@
-"""``flowclas replay``: a rosbag2 through the node's frame pipeline, into an annotated bag.
+"""Replay (``flowclas replay``): a rosbag2 through the node's frame pipeline, into an annotated bag.
 
 Reads a bag (sqlite3 or mcap) with rosbags, runs the same FramePipeline as the node over
 the image topic (sensor_msgs/Image or CompressedImage, from the topic's type) and writes
@@ -14,7 +14,7 @@ the image topic). With ground truth, OUT/metrics.json holds the streaming (binne
 metrics and, with ``--components``, SegmentMeIfYouCan component metrics.
 
 ``--realtime`` replays what the robot would have seen: frames arrive at their logged
-times and the node's keep-latest policy (flowclas_ros.live) drops those that arrive while
+times and the node's keep-latest policy (flowclas_ros.runtime.scheduling) drops those that arrive while
 another waits. The clock is simulated from each frame's measured processing time rather
 than slept, so the replay runs as fast as the model and its drops are deterministic given
 those times. OUT/replay.json reports counts, drop rate, latency percentiles (arrival to
@@ -24,41 +24,68 @@ stays flat over long bags (measured: the same peak RSS for 300 and 3000 frames).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+import logging
 import time
 from collections import Counter, OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from flowclas_ros.cli import add_inference_arguments
 from flowclas_ros.errors import UserError
+
+log = logging.getLogger(__name__)
 
 NAMESPACE = "/flowclas"
 FRAME_TOPICS = ("anomaly_score", "anomaly_mask", "anomaly_overlay", "hazards")
 DIAGNOSTICS_PERIOD_NS = 10**9
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_inference_arguments(parser)
-    parser.add_argument("--bag", required=True, help="input rosbag2 (directory, .mcap or .db3)")
-    parser.add_argument("--image-topic", required=True, help="camera topic (sensor_msgs/Image or CompressedImage)")
-    parser.add_argument("--output", required=True, help="output folder (annotated bag, metrics.json, replay.json)")
-    parser.add_argument("--gt-topic", default=None, help="ground-truth mask topic in the bag (mono8 labels)")
-    parser.add_argument("--gt-folder", default=None, help="folder of ground-truth PNGs: <stamp ns>.png or <index:06d>.png")
-    parser.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="output bag storage")
-    parser.add_argument("--threshold", type=float, default=None, help="mask threshold in [0, 1] (default: the bundle's)")
-    parser.add_argument("--min-area", type=int, default=0, help="smallest hazard region in pixels")
-    parser.add_argument(
-        "--smoothing", default="none", choices=["none", "superpixels", "components"], help="score smoothing"
-    )
-    parser.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True, help="write anomaly_overlay")
-    parser.add_argument("--realtime", action="store_true", help="drop frames as the live node would at the bag's rate")
-    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many image frames")
-    parser.add_argument("--bins", type=int, default=2000, help="score bins of the streaming metrics")
-    parser.add_argument("--components", action="store_true", help="also compute component metrics (SMIYC anomaly track)")
+@dataclass
+class ReplayOptions:
+    """What one replay does (``flowclas replay``'s flags, typed)."""
+
+    model: str
+    bag: str
+    image_topic: str
+    output: str
+    backend: str = "torch"
+    device: str = "cpu"
+    precision: str = "fp32"
+    gt_topic: str | None = None
+    gt_folder: str | None = None
+    storage: str = "mcap"
+    threshold: float | None = None
+    min_area: int = 0
+    smoothing: str = "none"
+    overlay: bool = True
+    realtime: bool = False
+    max_frames: int | None = None
+    bins: int = 2000
+    components: bool = False
+
+    def check(self) -> None:
+        """UserError for values no replay can use."""
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise UserError(f"--threshold must be in [0, 1], got {self.threshold}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise UserError(f"--max-frames must be at least 1, got {self.max_frames}")
+        if self.min_area < 0:
+            raise UserError(f"--min-area must be >= 0, got {self.min_area}")
+        if self.bins < 2:
+            raise UserError(f"--bins must be at least 2, got {self.bins}")
+        if self.gt_topic and self.gt_folder:
+            raise UserError("give either --gt-topic or --gt-folder, not both")
+
+
+@dataclass
+class ReplayResult:
+    """What a replay wrote: its report (also in ``replay.json``), the bag, the metrics file."""
+
+    report: dict
+    output_bag: Path
+    metrics: Path | None
 
 
 class StampMatcher:
@@ -126,11 +153,8 @@ class Evaluation:
     def add(self, score: np.ndarray, truth: np.ndarray) -> None:
         if truth.shape != score.shape:
             if not self.mismatched:
-                print(
-                    f"flowclas replay: warning: ground truth {truth.shape} differs from frame {score.shape}; "
-                    "such frames are not evaluated",
-                    file=sys.stderr,
-                )
+                log.warning("ground truth %s differs from frame %s; such frames are not evaluated",
+                            truth.shape, score.shape)
             self.mismatched += 1
             return
         self.pixels.update(score, truth)
@@ -147,7 +171,7 @@ class Evaluation:
             if self.components is not None:
                 metrics["component"] = self.components.compute()
         except ValueError as exc:
-            print(f"flowclas replay: warning: no metrics: {exc}", file=sys.stderr)
+            log.warning("no metrics: %s", exc)
             return None
         return write_metrics_json(
             path, metrics, num_images=self.num_images, num_pixels=self.pixels.num_pixels,
@@ -158,7 +182,7 @@ class Evaluation:
 class Replay:
     """One pass over an open input bag into an open output bag."""
 
-    def __init__(self, args: argparse.Namespace, reader, bag, pipeline, factory, stats, evaluation, truth_folder) -> None:
+    def __init__(self, args: ReplayOptions, reader, bag, pipeline, factory, stats, evaluation, truth_folder) -> None:
         from flowclas_ros.bagio import LATCHED, qos
 
         self.args, self.reader, self.bag, self.pipeline, self.factory = args, reader, bag, pipeline, factory
@@ -175,8 +199,7 @@ class Replay:
             elif key in by_topic:
                 copied = by_topic[key]
             elif (copied := bag.copy(connection)) is None:
-                print(f"flowclas replay: warning: {connection.topic} ({connection.msgtype}) has no type "
-                      "definition; not copied", file=sys.stderr)
+                log.warning("%s (%s) has no type definition; not copied", connection.topic, connection.msgtype)
             self.copies[connection.id] = by_topic[key] = copied
         names = FRAME_TOPICS if args.overlay else tuple(t for t in FRAME_TOPICS if t != "anomaly_overlay")
         self.outputs = {
@@ -216,7 +239,7 @@ class Replay:
                 except (AnyReaderError, MessageError, ValueError, AttributeError) as exc:
                     self.bad_truths += 1
                     if self.bad_truths == 1:
-                        print(f"flowclas replay: warning: ground-truth message at {timestamp} skipped: {exc}", file=sys.stderr)
+                        log.warning("ground-truth message at %d skipped: %s", timestamp, exc)
                     continue
                 if pair is not None:
                     self.evaluation.add(*pair)
@@ -232,14 +255,11 @@ class Replay:
             return (index, None, None), time.perf_counter() - start
         output = self.pipeline.process(msg, overlay=self.args.overlay)
         seconds = time.perf_counter() - start
-        if output is None:
-            self._reject(index, None)
         return (index, msg, output), seconds
 
-    def _reject(self, index: int, reason: str | None) -> None:
-        self.stats.rejected += 1
-        if reason and self.stats.rejected == 1:
-            print(f"flowclas replay: frame {index} rejected: {reason}", file=sys.stderr)
+    def _reject(self, index: int, reason: str) -> None:
+        if self.stats.reject("undecodable") == 1:
+            log.warning("frame %d rejected: %s", index, reason)
 
     def publish(self, index: int, msg, output, publish_ns: int) -> None:
         """Write one frame's outputs at ``publish_ns``, evaluate it, tick the diagnostics."""
@@ -251,9 +271,7 @@ class Replay:
             label = self.factory.label_info(msg.header, output.detection.threshold)
             self.bag.write(self.label_info, publish_ns, label)
             self.label_written = True
-        self.stats.processed += 1
         self.stage_seconds.update(output.timings)
-        self.stats.output_rate.tick(publish_ns * 1e-9)
         if self.evaluation is not None:
             stamp = stamp_to_ns(msg.header.stamp)
             score = output.detection.score
@@ -287,7 +305,7 @@ class Replay:
 
     def run(self, progress) -> None:
         """The whole pass, as fast as possible or (``--realtime``) on the simulated clock."""
-        from flowclas_ros.live import KeepLatestScheduler
+        from flowclas_ros.runtime.scheduling import KeepLatestScheduler
 
         if self.args.realtime:
             scheduler = KeepLatestScheduler(self.process)
@@ -297,21 +315,20 @@ class Replay:
                 self._arrive(timestamp, progress)
                 for done in scheduler.offer((timestamp - origin) * 1e-9, item):
                     self._finish(done, origin)
-                self.stats.dropped = scheduler.dropped
+                self.stats.drop(scheduler.dropped - self.stats.dropped)
             for done in scheduler.flush():
                 self._finish(done, origin)
         else:
             for timestamp, item in self.frames():
                 self._arrive(timestamp, progress)
                 (index, msg, output), seconds = self.process(item)
-                self.stats.latency.add(seconds)
                 if output is not None:
+                    self.stats.publish(timestamp * 1e-9, seconds)
                     self.publish(index, msg, output, timestamp)
         self.write_diagnostics(self.last_ns)
 
     def _arrive(self, timestamp: int, progress) -> None:
-        self.stats.received += 1
-        self.stats.input_rate.tick(timestamp * 1e-9)
+        self.stats.receive(timestamp * 1e-9)
         self.diagnostics_due(timestamp)
         progress.update(1)
 
@@ -319,36 +336,24 @@ class Replay:
         index, msg, output = done.result
         if output is None:
             return
-        self.stats.latency.add(done.latency)
         publish_ns = origin + round(done.finish * 1e9)
+        self.stats.publish(publish_ns * 1e-9, done.latency)
         self.last_ns = max(self.last_ns, publish_ns)
         self.publish(index, msg, output, publish_ns)
 
 
-def _check(args: argparse.Namespace) -> None:
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise UserError(f"--max-frames must be at least 1, got {args.max_frames}")
-    if args.min_area < 0:
-        raise UserError(f"--min-area must be >= 0, got {args.min_area}")
-    if args.bins < 2:
-        raise UserError(f"--bins must be at least 2, got {args.bins}")
-    if args.gt_topic and args.gt_folder:
-        raise UserError("give either --gt-topic or --gt-folder, not both")
-
-
-def run(args: argparse.Namespace) -> int:
+def replay(args: ReplayOptions, progress: bool = True) -> ReplayResult:
+    """Replay ``args.bag`` through the frame pipeline into ``args.output``."""
     from tqdm import tqdm
 
     from flowclas_ros.bagio import COMPRESSED_IMAGE, IMAGE, BagWriter, open_bag, topic_types, typestore
-    from flowclas_ros.live import Latencies, LiveStats
+    from flowclas_ros.runtime.stats import FrameStats
     from flowclas_ros.runtime.detector import Detector
-    from flowclas_ros.runtime.messages import RosbagsFactory
+    from flowclas_ros.runtime.messages import rosbags_factory
     from flowclas_ros.runtime.pipeline import FramePipeline
     from flowclas_ros.runtime.smoothing import build_smoother
 
-    _check(args)
+    args.check()
     truth_folder = FolderTruth(args.gt_folder) if args.gt_folder else None
     bag_path = Path(args.bag)
     out = Path(args.output)
@@ -366,18 +371,20 @@ def run(args: argparse.Namespace) -> int:
         detector = Detector.from_bundle(args.model, device=args.device, precision=args.precision, backend=args.backend)
         if args.threshold is not None:
             detector.threshold = args.threshold
-        factory = RosbagsFactory(typestore())
-        pipeline = FramePipeline(detector, factory, smoother=build_smoother(args.smoothing), min_area=args.min_area)
+        factory = rosbags_factory(typestore())
+        # every latency kept for exact percentiles: 8 bytes a frame
+        stats = FrameStats(backend=args.backend, device=args.device, latency_samples=None)
+        pipeline = FramePipeline(detector, factory, smoother=build_smoother(args.smoothing), min_area=args.min_area,
+                                 stats=stats)
         evaluation = None
         if args.gt_topic or truth_folder:
             evaluation = Evaluation(args.bins, detector.threshold, args.components)
-        # every latency kept for exact percentiles: 8 bytes a frame
-        stats = LiveStats(backend=args.backend, device=args.device, latency=Latencies(maxlen=None))
         name = (bag_path.stem if bag_path.is_file() else bag_path.name) or "bag"
         started = time.perf_counter()
-        with BagWriter(out / name, args.storage) as bag, tqdm(total=total, desc="replay", unit="frame") as progress:
+        with BagWriter(out / name, args.storage) as bag, tqdm(total=total, desc="replay", unit="frame",
+                                                                disable=not progress) as bar:
             replayer = Replay(args, reader, bag, pipeline, factory, stats, evaluation, truth_folder)
-            replayer.run(progress)
+            replayer.run(bar)
         seconds = time.perf_counter() - started
 
     report = _report(args, stats, seconds, out / name)
@@ -385,15 +392,10 @@ def run(args: argparse.Namespace) -> int:
     report["ground_truth_skipped"] = replayer.bad_truths
     (out / "replay.json").write_text(json.dumps(report, indent=2) + "\n")
     metrics_path = evaluation.write(out / "metrics.json", model=str(args.model), bag=str(bag_path)) if evaluation else None
-    print(
-        f"flowclas replay: {stats.received} frames ({stats.processed} processed, {stats.dropped} dropped, "
-        f"{stats.rejected} rejected) in {seconds:.1f} s, {report['throughput_fps']:.1f} frames/s -> {out / name}"
-        + (f", {metrics_path}" if metrics_path else "")
-    )
-    return 0 if stats.processed else 1
+    return ReplayResult(report, out / name, metrics_path)
 
 
-def _report(args: argparse.Namespace, stats, seconds: float, bag: Path) -> dict:
+def _report(args: ReplayOptions, stats, seconds: float, bag: Path) -> dict:
     return {
         "bag": str(args.bag),
         "output_bag": str(bag),

@@ -13,7 +13,12 @@ import pytest
 import torch
 
 from flowclas_ros.model import EncoderConfig, FlowCLASNet, FlowConfig, save_bundle
-from flowclas_ros.model import export as ex
+from flowclas_ros.deploy import cache
+from flowclas_ros.deploy.archive import load_program, save_program
+from flowclas_ros.deploy.cache import MANIFEST, ensure_artefact, library_versions
+from flowclas_ros.deploy.compile import Fp32Island, mixed_precision
+from flowclas_ros.deploy.errors import ArtefactError
+from flowclas_ros.deploy.shapes import InputShape
 from flowclas_ros.runtime import Detector
 from flowclas_ros.runtime.backends import BackendError, create_backend, tensorrt_unavailable
 
@@ -61,7 +66,7 @@ def _check_parity(net, bundle, shape, sizes):
 def test_lite0_dynamic_sizes_match_eager(lite):
     net, bundle = lite
     m = net.encoder.pad_multiple
-    shape = ex.InputShape((1, 1, 2), (4 * m, 8 * m, 16 * m), (4 * m, 12 * m, 16 * m))
+    shape = InputShape((1, 1, 2), (4 * m, 8 * m, 16 * m), (4 * m, 12 * m, 16 * m))
     _check_parity(net, bundle, shape, [(1, 8 * m, 12 * m), (2, 5 * m, 16 * m)])
     with pytest.raises(BackendError, match=f"multiples of {m}"):
         create_backend("onnxruntime", bundle, shape=shape)(torch.zeros(1, 3, 8 * m + 1, 8 * m))
@@ -70,25 +75,25 @@ def test_lite0_dynamic_sizes_match_eager(lite):
 def test_vit_static_matches_eager(vit):
     net, bundle = vit
     h, w = net.config.encoder.input_size
-    _check_parity(net, bundle, ex.InputShape((1, 1, 2), (h,) * 3, (w,) * 3), [(1, h, w), (2, h, w)])
+    _check_parity(net, bundle, InputShape((1, 1, 2), (h,) * 3, (w,) * 3), [(1, h, w), (2, h, w)])
 
 
 def test_vit_refuses_other_size(vit):
     net, bundle = vit
-    with pytest.raises(ex.ArtefactError, match="fixed input size"):
-        create_backend("onnxruntime", bundle, shape=ex.InputShape.static(70, 70))
+    with pytest.raises(ArtefactError, match="fixed input size"):
+        create_backend("onnxruntime", bundle, shape=InputShape.static(70, 70))
 
 
 def test_dynamic_size_must_be_multiple(lite):
     net, bundle = lite
-    with pytest.raises(ex.ArtefactError, match="multiples of"):
-        create_backend("onnxruntime", bundle, shape=ex.InputShape((1, 1, 1), (33, 40, 64), (64, 64, 64)))
+    with pytest.raises(ArtefactError, match="multiples of"):
+        create_backend("onnxruntime", bundle, shape=InputShape((1, 1, 1), (33, 40, 64), (64, 64, 64)))
 
 
 def test_detector_resizes_to_static_engine(lite):
     net, bundle = lite
     frame = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    engine = create_backend("onnxruntime", bundle, shape=ex.InputShape.static(32, 48))  # not the bundle's 64x96
+    engine = create_backend("onnxruntime", bundle, shape=InputShape.static(32, 48))  # not the bundle's 64x96
     compiled = Detector(None, backend=engine, config=net.config)
     eager = Detector(net)
     eager.input_size = (32, 48)
@@ -100,7 +105,7 @@ def test_detector_resizes_to_static_engine(lite):
 
 def test_detector_from_bundle_uses_cached_artefact(lite):
     net, bundle = lite
-    ex.ensure_artefact(bundle, "torch-export", "fp32", ex.InputShape.static(*net.config.encoder.input_size))
+    ensure_artefact(bundle, "torch-export", "fp32", InputShape.static(*net.config.encoder.input_size))
     detector = Detector.from_bundle(bundle, backend="torch-export", build=False)
     assert detector.model is None and detector.backend.name == "torch-export"
     frame = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
@@ -109,30 +114,30 @@ def test_detector_from_bundle_uses_cached_artefact(lite):
 
 def test_stale_key_rebuilds_or_refuses(lite, monkeypatch):
     _, bundle = lite
-    shape = ex.InputShape.static(32, 40)
-    first = ex.ensure_artefact(bundle, "torch-export", "fp32", shape)
-    assert ex.ensure_artefact(bundle, "torch-export", "fp32", shape, build=False) == first
-    real = ex.library_versions
-    monkeypatch.setattr(ex, "library_versions", lambda b: {**real(b), "torch": "0.0-other"})
-    with pytest.raises(ex.ArtefactError, match=r"stale \(versions"):
-        ex.ensure_artefact(bundle, "torch-export", "fp32", shape, build=False)
-    rebuilt = ex.ensure_artefact(bundle, "torch-export", "fp32", shape)
+    shape = InputShape.static(32, 40)
+    first = ensure_artefact(bundle, "torch-export", "fp32", shape)
+    assert ensure_artefact(bundle, "torch-export", "fp32", shape, build=False) == first
+    real = library_versions
+    monkeypatch.setattr(cache, "library_versions", lambda b: {**real(b), "torch": "0.0-other"})
+    with pytest.raises(ArtefactError, match=r"stale \(versions"):
+        ensure_artefact(bundle, "torch-export", "fp32", shape, build=False)
+    rebuilt = ensure_artefact(bundle, "torch-export", "fp32", shape)
     assert rebuilt != first and not first.exists()
-    manifest = json.loads((rebuilt.parent / ex.MANIFEST).read_text())
+    manifest = json.loads((rebuilt.parent / MANIFEST).read_text())
     assert manifest["key"]["versions"]["torch"] == "0.0-other"
     assert manifest["key"]["weights_sha256"] and manifest["key"]["device"] == "cpu"
 
 
 def test_corrupt_artefact_is_refused(lite):
     _, bundle = lite
-    shape = ex.InputShape.static(32, 48)
-    path = ex.ensure_artefact(bundle, "torch-export", "fp32", shape)
+    shape = InputShape.static(32, 48)
+    path = ensure_artefact(bundle, "torch-export", "fp32", shape)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ex.ArtefactError, match="corrupt or was altered"):
-        ex.ensure_artefact(bundle, "torch-export", "fp32", shape)  # building allowed: still refused
-    rebuilt = ex.ensure_artefact(bundle, "torch-export", "fp32", shape, force=True)
+    with pytest.raises(ArtefactError, match="corrupt or was altered"):
+        ensure_artefact(bundle, "torch-export", "fp32", shape)  # building allowed: still refused
+    rebuilt = ensure_artefact(bundle, "torch-export", "fp32", shape, force=True)
     assert create_backend("torch-export", bundle, shape=shape)(torch.zeros(1, 3, 32, 48)).shape == (1, 32, 48)
     assert rebuilt == path
 
@@ -140,10 +145,10 @@ def test_corrupt_artefact_is_refused(lite):
 def test_program_with_pickled_inputs_is_refused(tmp_path, lite):
     program = torch.export.export(lite[0], (torch.randn(1, 3, 64, 96),))
     torch.export.save(program, str(tmp_path / "pickled.pt2"))  # keeps sample inputs (a pickle)
-    with pytest.raises(ex.ArtefactError, match="pickled sample inputs"):
-        ex.load_program(tmp_path / "pickled.pt2")
-    ex.save_program(program, tmp_path / "clean.pt2")
-    assert ex.load_program(tmp_path / "clean.pt2").module()(torch.zeros(1, 3, 64, 96)).shape == (1, 64, 96)
+    with pytest.raises(ArtefactError, match="pickled sample inputs"):
+        load_program(tmp_path / "pickled.pt2")
+    save_program(program, tmp_path / "clean.pt2")
+    assert load_program(tmp_path / "clean.pt2").module()(torch.zeros(1, 3, 64, 96)).shape == (1, 64, 96)
 
 
 def test_fp32_only_backends_refuse_half(lite):
@@ -155,14 +160,14 @@ def test_fp32_only_backends_refuse_half(lite):
 def test_auto_falls_back_on_cpu(lite, caplog):
     _, bundle = lite
     with caplog.at_level(logging.WARNING):
-        backend = create_backend("auto", bundle, shape=ex.InputShape.static(32, 48))
+        backend = create_backend("auto", bundle, shape=InputShape.static(32, 48))
     assert backend.name == "onnxruntime"
     assert "tensorrt unavailable" in caplog.text
 
 
 def test_mixed_precision_keeps_norms_and_density_fp32(small_net):
-    half = ex.mixed_precision(small_net, torch.bfloat16)
-    islands = [m for m in half.modules() if isinstance(m, ex.Fp32Island)]
+    half = mixed_precision(small_net, torch.bfloat16)
+    islands = [m for m in half.modules() if isinstance(m, Fp32Island)]
     assert islands and all(p.dtype == torch.float32 for m in islands for p in m.parameters())
     assert all(p.dtype == torch.float32 for b in half.bases for p in b.parameters())
     x = torch.randn(1, 3, 64, 96)
@@ -176,7 +181,7 @@ def test_mixed_precision_keeps_norms_and_density_fp32(small_net):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_matches_eager_and_reloads(lite, precision):
     net, bundle = lite
-    shape = ex.InputShape.static(*net.config.encoder.input_size)
+    shape = InputShape.static(*net.config.encoder.input_size)
     backend = create_backend("tensorrt", bundle, device="cuda", precision=precision, shape=shape)
     x = torch.randn(1, 3, *net.config.encoder.input_size)
     with torch.no_grad():

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from flowclas_ros.cli import main
+from flowclas_ros.commands.main import main
 from flowclas_ros.model import EncoderConfig, FlowCLASNet, FlowConfig, save_bundle
 
 from conftest import randomize_head, small_config

@@ -102,7 +102,7 @@ def test_wrong_dtype_tensor_refused(bundle, small_net):
     key = "bases.0.mu"
     tensors[key] = tensors[key].double()
     save_file(tensors, str(bundle / WEIGHTS_FILE))
-    from flowclas_ros.model.bundle import _sha256
+    from flowclas_ros.files import sha256 as _sha256
 
     _edit_config(bundle, lambda m: m.update(weights_sha256=_sha256(bundle / WEIGHTS_FILE)))
     with pytest.raises(BundleError, match="mismatched: bases.0.mu"):
@@ -119,7 +119,7 @@ def test_pickle_payload_cannot_execute(bundle, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     payload = pickle.dumps({"bases.0.mu": _Boom()})
     (bundle / WEIGHTS_FILE).write_bytes(payload)
-    from flowclas_ros.model.bundle import _sha256
+    from flowclas_ros.files import sha256 as _sha256
 
     _edit_config(bundle, lambda m: m.update(weights_sha256=_sha256(bundle / WEIGHTS_FILE)))
     with pytest.raises(BundleError, match="cannot read"):

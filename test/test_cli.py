@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from flowclas_ros.cli import main
+from flowclas_ros.commands.main import main
 
 
 @pytest.fixture
@@ -56,8 +56,9 @@ def test_errors_are_one_clear_line(argv, message, capsys, tmp_path, monkeypatch)
 
 
 def test_overrides_accept_yaml_1_1_exponents():
-    from training.config import load_train_config
+    from flowclas_ros.model.config import ConfigError
+    from flowclas_ros.training.config import load_train_config
 
     assert load_train_config("synthetic", ["optim.lr=5e-5"]).optim.lr == 5e-5
-    with pytest.raises(ValueError, match="optim.lr: expected a number"):
+    with pytest.raises(ConfigError, match="optim.lr: expected a number"):
         load_train_config("synthetic", ["optim.lr=fast"])

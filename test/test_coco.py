@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from flowclas_ros.errors import UserError
-from training import coco
-from training.coco import ALLO_EXTRA_CLASSES, CITYSCAPES_CLASSES, prepare_coco, rle_counts, rle_mask
-from training.datasets import build_dataset
+from flowclas_ros.commands import prepare_coco as prepare_coco_command
+from flowclas_ros.training import coco
+from flowclas_ros.training.coco import ALLO_EXTRA_CLASSES, CITYSCAPES_CLASSES, prepare_coco, rle_counts, rle_mask
+from flowclas_ros.training.datasets import build_dataset
 
 NAMES = CITYSCAPES_CLASSES + ALLO_EXTRA_CLASSES + ("dog", "kite")
 CATEGORY = {name: 100 + i for i, name in enumerate(NAMES)}
@@ -106,9 +107,9 @@ def test_prepare_coco_cityscapes_filter(tmp_path, capsys):
     expected = write_coco(tmp_path / "coco")
     out = tmp_path / "prepared"
     parser = argparse.ArgumentParser()
-    coco.add_arguments(parser)  # the command as flowclas_ros.cli wires it
+    prepare_coco_command.add_arguments(parser)
     args = parser.parse_args(["--coco-root", str(tmp_path / "coco"), "--output", str(out), "--filter", "cityscapes"])
-    assert coco.run(args) == 0
+    assert prepare_coco_command.run(args) == 0
     printed = capsys.readouterr()
     assert "kept 2 of 6 images" in printed.out
     assert "1 filtered classes" in printed.out and "1 smaller than 480 px" in printed.out

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from flowclas_ros.errors import UserError
-from training.datasets import DATASETS, SkippedItemWarning, build_dataset, random_crop
+from flowclas_ros.training.datasets import DATASETS, SkippedItemWarning, build_dataset, random_crop
 
 H, W = 6, 8
 
@@ -248,7 +248,7 @@ def bag_frames(count: int = 4) -> list[tuple[np.ndarray, np.ndarray | None]]:
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_rosbag_frames_and_masks(tmp_path, storage):
-    from flowclas_ros.bagio import write_camera_bag
+    from flowclas_ros.synthetic.camera_bag import write_camera_bag
 
     frames = bag_frames()
     frames[2] = (frames[2][0], None)  # this frame has no mask
@@ -269,7 +269,7 @@ def test_rosbag_frames_and_masks(tmp_path, storage):
 def test_rosbag_test_split_compressed_and_pickled(tmp_path):
     import pickle
 
-    from flowclas_ros.bagio import write_camera_bag
+    from flowclas_ros.synthetic.camera_bag import write_camera_bag
 
     ramp = np.linspace(0, 120, W, dtype=np.uint8)[None, :, None]
     frames = [(np.full((H, W, 3), (40 * i, 100, 120 - 40 * i), np.uint8) + ramp, gt) for i, (_, gt) in enumerate(bag_frames(3))]

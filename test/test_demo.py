@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from flowclas_ros.cli import main
+from flowclas_ros.commands.main import main
 from flowclas_ros.demo import DEMO_MODEL
 from flowclas_ros.model.bundle import load_bundle
 

@@ -13,8 +13,8 @@ from flowclas_ros.errors import UserError
 from flowclas_ros.metrics import BinnedMetrics, exact_metrics
 from flowclas_ros.model import save_bundle
 from flowclas_ros.runtime import Detector
-from training import evaluate as evaluate_command
-from training.evaluate import evaluate
+from flowclas_ros.commands import eval as evaluate_command
+from flowclas_ros.training.evaluate import evaluate
 
 H, W = 48, 64
 
@@ -113,7 +113,7 @@ def test_eval_command_rejects_bad_input(tmp_path, bundle, folder_root):
 
 
 def test_eval_on_a_camera_bag_with_a_mask_topic(tmp_path, bundle):
-    from flowclas_ros.bagio import write_camera_bag
+    from flowclas_ros.synthetic.camera_bag import write_camera_bag
 
     bag = write_camera_bag(tmp_path / "cam", ((image, labels) for image, labels, _ in frames()),
                            "/front/image", "/front/gt", storage="mcap")

@@ -40,7 +40,8 @@ def test_torch_export_with_dynamic_batch(net):
 
 
 def test_dynamic_height_and_width_in_multiples(small_net):
-    from flowclas_ros.model.export import InputShape, check_shape, export_program
+    from flowclas_ros.deploy.compile import export_program
+    from flowclas_ros.deploy.shapes import InputShape, check_shape
 
     m = small_net.encoder.pad_multiple
     shape = InputShape((1, 1, 1), (4 * m, 8 * m, 12 * m), (4 * m, 12 * m, 16 * m))
@@ -53,7 +54,7 @@ def test_dynamic_height_and_width_in_multiples(small_net):
 
 
 def test_export_command(tmp_path, small_net, capsys):
-    from flowclas_ros.cli import main
+    from flowclas_ros.commands.main import main
     from flowclas_ros.model import save_bundle
 
     bundle = save_bundle(small_net, tmp_path / "b")

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flowclas_ros.live import PARAMETERS, LatestSlot, Latencies, LiveStats, RateMeter, check_parameters
+from flowclas_ros.ros.parameters import PARAMETERS, check_parameters
+from flowclas_ros.runtime.scheduling import LatestSlot
+from flowclas_ros.runtime.stats import FrameStats, Latencies, RateMeter
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_RCLPY = importlib.util.find_spec("rclpy") is not None and importlib.util.find_spec("launch_testing") is not None
@@ -54,11 +56,14 @@ def test_rate_meter_and_latencies():
     assert len(lat) == 3 and p["max"] == pytest.approx(30.0) and p["p50"] == pytest.approx(20.0)
 
 
-def test_live_stats_values_for_diagnostics():
-    stats = LiveStats(backend="torch", device="cpu")
+def test_frame_stats_values_for_diagnostics():
+    stats = FrameStats(backend="torch", device="cpu")
     assert stats.level()[0] == 0
-    stats.received, stats.rejected = 3, 1
-    stats.latency.add(0.05)
+    for t in range(3):
+        stats.receive(float(t))
+    assert stats.reject("data") == 1
+    stats.process()
+    stats.publish(3.0, latency=0.05)
     values = stats.values(now=0.0)
     assert values["backend"] == "torch" and values["rejected"] == "1" and values["latency_p50_ms"] == "50.0"
     assert stats.level()[0] == 1
@@ -105,7 +110,7 @@ def test_launch_files_parse_and_declare_arguments(name):
 
 
 def test_node_module_is_only_rclpy_adapter():
-    """node.py is the only module importing rclpy; nothing it relies on imports rclpy."""
+    """Only modules of the ros/ subpackage import rclpy."""
     package = ROOT / "flowclas_ros"
     importers = {
         p.relative_to(package).as_posix()
@@ -116,7 +121,7 @@ def test_node_module_is_only_rclpy_adapter():
             for n in ast.walk(ast.parse(p.read_text()))
         )
     }
-    assert importers == {"node.py"}
+    assert importers and all(name.startswith("ros/") for name in importers), importers
 
 
 @pytest.mark.skipif(not HAVE_RCLPY, reason="rclpy and launch_testing (a ROS 2 install) are not available")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from flowclas_ros.model.flow import DiagonalGaussian
 from flowclas_ros.model.network import pad_to_multiple
-from training.objectives import (
+from flowclas_ros.training.objectives import (
     ObjectiveConfig,
     compute_loss,
     contrastive_loss,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.pasting import SCALES, PasteRecipe, fit_to, paste_outlier, save_grid
+from flowclas_ros.training.pasting import SCALES, PasteRecipe, fit_to, paste_outlier, save_grid
 
 
 def _inputs(rng):

@@ -16,8 +16,10 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore
 
 from flowclas_ros import bagio, replay
+from flowclas_ros.commands import replay as replay_command
+from flowclas_ros.synthetic.camera_bag import write_camera_bag
 from flowclas_ros.errors import UserError
-from flowclas_ros.live import KeepLatestScheduler
+from flowclas_ros.runtime.scheduling import KeepLatestScheduler
 from flowclas_ros.model import save_bundle
 
 H, W = 48, 64
@@ -48,7 +50,7 @@ def bundle(tmp_path, small_net):
 
 def replay_args(**options) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    replay.add_arguments(parser)
+    replay_command.add_arguments(parser)
     argv = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
@@ -141,7 +143,7 @@ def test_stamp_matcher_pairs_in_either_order_and_stays_bounded():
 @pytest.mark.parametrize("storage, compressed", [("sqlite3", False), ("mcap", True)])
 def test_write_camera_bag_round_trip(tmp_path, storage, compressed):
     frames = list(make_frames(3))
-    path = bagio.write_camera_bag(tmp_path / "cam", frames, storage=storage, compressed=compressed, rate_hz=5)
+    path = write_camera_bag(tmp_path / "cam", frames, storage=storage, compressed=compressed, rate_hz=5)
     from flowclas_ros.runtime.codecs import decode_image
 
     with bagio.open_bag(path) as reader:
@@ -177,13 +179,13 @@ def test_open_bag_refuses_missing_and_non_bag_paths(tmp_path):
 
 @pytest.mark.parametrize("in_storage, compressed, out_storage", [("sqlite3", False, "mcap"), ("mcap", True, "sqlite3")])
 def test_replay_writes_annotated_bag_and_metrics(tmp_path, bundle, in_storage, compressed, out_storage):
-    bag = bagio.write_camera_bag(tmp_path / "drive", make_frames(), storage=in_storage, compressed=compressed)
+    bag = write_camera_bag(tmp_path / "drive", make_frames(), storage=in_storage, compressed=compressed)
     out = tmp_path / "out"
     args = replay_args(
         model=bundle, bag=bag, image_topic="/camera/image_raw", output=out, gt_topic="/camera/anomaly_gt",
         storage=out_storage, bins=100, components=True,
     )
-    assert replay.run(args) == 0
+    assert replay_command.run(args) == 0
 
     result = out / "drive"
     topics = read_all(result)
@@ -226,24 +228,24 @@ def test_replay_writes_annotated_bag_and_metrics(tmp_path, bundle, in_storage, c
 
 def test_replay_ground_truth_folder_by_stamp_or_index(tmp_path, bundle):
     frames = list(make_frames())
-    bag = bagio.write_camera_bag(tmp_path / "drive", ((rgb, None) for rgb, _ in frames), storage="mcap")
+    bag = write_camera_bag(tmp_path / "drive", ((rgb, None) for rgb, _ in frames), storage="mcap")
     masks = tmp_path / "masks"
     masks.mkdir()
     for i, (_, gt) in enumerate(frames[:4]):  # two named by header stamp, two by frame index
         name = f"{bagio.START_NS + i * 10**8}.png" if i < 2 else f"{i:06d}.png"
         PILImage.fromarray(gt).save(masks / name)
     args = replay_args(model=bundle, bag=bag, image_topic="/camera/image_raw", output=tmp_path / "out", gt_folder=masks, overlay=False)
-    assert replay.run(args) == 0
+    assert replay_command.run(args) == 0
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_images"] == 4
     topics = read_all(tmp_path / "out" / "drive")
     assert "/flowclas/anomaly_overlay" not in topics and len(topics["/flowclas/anomaly_mask"]) == FRAMES
 
 
 def test_realtime_replay_drops_frames_of_a_fast_camera(tmp_path, bundle):
-    bag = bagio.write_camera_bag(tmp_path / "fast", make_frames(12), rate_hz=2000.0, storage="mcap")
+    bag = write_camera_bag(tmp_path / "fast", make_frames(12), rate_hz=2000.0, storage="mcap")
     out = tmp_path / "out"
     args = replay_args(model=bundle, bag=bag, image_topic="/camera/image_raw", output=out, realtime=True)
-    assert replay.run(args) == 0
+    assert replay_command.run(args) == 0
     report = json.loads((out / "replay.json").read_text())
     assert report["dropped"] > 0 and report["processed"] + report["dropped"] == 12
     assert report["drop_rate"] == pytest.approx(report["dropped"] / 12)
@@ -273,7 +275,7 @@ def test_replay_rejects_malformed_frames_and_continues(tmp_path, bundle):
             writer.write(conn, (i + 1) * 10**8, data)
     out = tmp_path / "out"
     args = replay_args(model=bundle, bag=path, image_topic="/cam", output=out, storage="sqlite3")
-    assert replay.run(args) == 0
+    assert replay_command.run(args) == 0
     report = json.loads((out / "replay.json").read_text())
     assert (report["processed"], report["rejected"]) == (2, 3)
     topics = read_all(out / "hostile")
@@ -284,14 +286,14 @@ def test_replay_rejects_malformed_frames_and_continues(tmp_path, bundle):
 
 
 def test_replay_refuses_bad_input(tmp_path, bundle):
-    bag = bagio.write_camera_bag(tmp_path / "drive", make_frames(2))
+    bag = write_camera_bag(tmp_path / "drive", make_frames(2))
     with pytest.raises(UserError, match="not an Image"):
-        replay.run(replay_args(model=bundle, bag=bag, image_topic="/nope", output=tmp_path / "o1"))
+        replay_command.run(replay_args(model=bundle, bag=bag, image_topic="/nope", output=tmp_path / "o1"))
     with pytest.raises(UserError, match="threshold"):
-        replay.run(replay_args(model=bundle, bag=bag, image_topic="/camera/image_raw", output=tmp_path / "o2", threshold=2))
-    replay.run(replay_args(model=bundle, bag=bag, image_topic="/camera/image_raw", output=tmp_path / "o3"))
+        replay_command.run(replay_args(model=bundle, bag=bag, image_topic="/camera/image_raw", output=tmp_path / "o2", threshold=2))
+    replay_command.run(replay_args(model=bundle, bag=bag, image_topic="/camera/image_raw", output=tmp_path / "o3"))
     with pytest.raises(UserError, match="exists"):
-        replay.run(replay_args(model=bundle, bag=bag, image_topic="/camera/image_raw", output=tmp_path / "o3"))
+        replay_command.run(replay_args(model=bundle, bag=bag, image_topic="/camera/image_raw", output=tmp_path / "o3"))
 
 
 IMAGE_MSGDEF = """std_msgs/Header header
@@ -330,7 +332,7 @@ def test_replay_of_an_mcap_file_written_by_another_tool(tmp_path, bundle):
             writer.write_message("/left/image", schema, msg, log_time=100 * 10**9 + i * 10**8)
         writer.finish()
     out = tmp_path / "out"
-    assert replay.run(replay_args(model=bundle, bag=path, image_topic="/left/image", output=out)) == 0
+    assert replay_command.run(replay_args(model=bundle, bag=path, image_topic="/left/image", output=out)) == 0
     topics = read_all(out / "other")
     assert len(topics["/left/image"]) == 3
     for name in OUTPUTS:

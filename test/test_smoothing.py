@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from flowclas_ros.runtime.smoothing import (
+    SmoothingError,
     ConnectedComponents,
     Smoother,
     Superpixels,
@@ -110,11 +111,11 @@ def test_connected_components_label_the_mask():
 def test_build_smoother_names_and_errors():
     assert build_smoother("none") is None
     assert isinstance(build_smoother("components"), Smoother)
-    with pytest.raises(ValueError, match="unknown smoothing"):
+    with pytest.raises(SmoothingError, match="unknown smoothing"):
         build_smoother("watershed")
-    with pytest.raises(ValueError, match="bad options"):
+    with pytest.raises(SmoothingError, match="bad options"):
         build_smoother("superpixels", colour=3)
-    with pytest.raises(ValueError, match="checkpoint"):
+    with pytest.raises(SmoothingError, match="checkpoint"):
         build_smoother("sam2")
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from flowclas_ros import synthetic
-from flowclas_ros.cli import main
+from flowclas_ros.commands.main import main
 
 SIZE = (48, 64)
 

@@ -13,9 +13,9 @@ from PIL import Image
 
 from flowclas_ros.model import load_bundle
 from conftest import small_config
-from training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from training.objectives import ObjectiveConfig
-from training.trainer import load_checkpoint, lr_factor, parameter_groups, train
+from flowclas_ros.training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
+from flowclas_ros.training.objectives import ObjectiveConfig
+from flowclas_ros.training.trainer import load_checkpoint, lr_factor, parameter_groups, train
 
 
 def _write_folder(root: Path, outliers: Path, count: int = 10) -> None:
@@ -65,7 +65,7 @@ def test_schedule_and_parameter_groups():
 
 
 def test_validation_pastes_held_out_outliers(tmp_path):
-    from training.data import build_samples
+    from flowclas_ros.training.data import build_samples
 
     train_set, val_set = build_samples(_config(tmp_path))
     assert set(train_set.indices).isdisjoint(val_set.indices)
@@ -104,7 +104,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     config = _config(tmp_path)
     whole = _head(train(config, tmp_path / "whole", progress=False))
 
-    from training.trainer import Context, Trainer
+    from flowclas_ros.training.trainer import Context, Trainer
 
     def kill_at_5(step: int) -> None:
         if step == 5:
@@ -149,7 +149,7 @@ def test_chunked_encoding_equals_one_batch():
 def test_train_command_with_flags_writes_preview_and_bundle(tmp_path, capsys):
     import yaml
 
-    from flowclas_ros.cli import main
+    from flowclas_ros.commands.main import main
 
     _write_folder(tmp_path / "data", tmp_path / "outliers")
     recipe = tmp_path / "tiny.yaml"

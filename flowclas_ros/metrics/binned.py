@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from flowclas_ros.metrics.pixel import _require_both, best_f1_index, split_pixels, summarize_curve
+from flowclas_ros.vocabulary import Label
 
-INLIER, ANOMALY = 0, 1
+INLIER, ANOMALY = int(Label.INLIER), int(Label.ANOMALY)
 
 
 class BinnedMetrics:

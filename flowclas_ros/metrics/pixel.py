@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from flowclas_ros.vocabulary import Label
 
-VOID = 255
+VOID = int(Label.VOID)
 FPR95_TPR = 0.95
 
 

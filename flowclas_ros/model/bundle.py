@@ -8,10 +8,7 @@ Encoder weights are stored only when the encoder has no external weights referen
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from flowclas_ros import __version__
+from flowclas_ros.errors import FlowclasError
+from flowclas_ros.files import atomic_write, sha256
 from flowclas_ros.model.config import ConfigError, ModelConfig
 from flowclas_ros.model.encoders import WeightsError
 from flowclas_ros.model.network import FlowCLASNet
@@ -30,31 +29,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 
 
-class BundleError(ValueError):
+class BundleError(FlowclasError):
     """A bundle is missing, corrupt, of another format version, or inconsistent."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a bundle is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_bundle(model: FlowCLASNet, directory: str | Path) -> Path:
@@ -64,16 +40,16 @@ def save_bundle(model: FlowCLASNet, directory: str | Path) -> Path:
     state = model.state_dict() if model.config.encoder.weights is None else model.head_state_dict()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     weights = directory / WEIGHTS_FILE
-    _atomic_write(weights, lambda tmp: save_file(tensors, tmp))
+    atomic_write(weights, lambda tmp: save_file(tensors, tmp))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "flowclas_version": __version__,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": sha256(weights),
         "model": model.config.to_dict(),
     }
     text = json.dumps(meta, indent=2) + "\n"
-    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
     return directory
 
 
@@ -110,7 +86,7 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Fl
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise BundleError(f"bundle {directory} has no {WEIGHTS_FILE}")
-    if _sha256(weights) != meta.get("weights_sha256"):
+    if sha256(weights) != meta.get("weights_sha256"):
         raise BundleError(f"{weights} is corrupt or truncated (SHA-256 differs from config.json)")
     try:
         tensors = load_file(str(weights))

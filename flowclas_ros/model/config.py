@@ -10,6 +10,7 @@ from typing import Any
 
 from flowclas_ros.model.encoders.base import EncoderConfig
 from flowclas_ros.model.encoders.efficientnet import LITE_MEAN, LITE_STD
+from flowclas_ros.errors import FlowclasError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -19,7 +20,7 @@ SCORE_VARIANTS = ("prob", "logp")
 SQUASHES = ("clamp", "sigmoid")
 
 
-class ConfigError(ValueError):
+class ConfigError(FlowclasError):
     """A configuration value is missing, unknown or out of range."""
 
 

@@ -7,7 +7,7 @@
 * ``tensorrt``: a torch-tensorrt program (GPU only; imported lazily).
 * ``auto``: the best one that works here, with a logged fallback.
 
-Compiled backends come from the bundle's artefact cache (:mod:`flowclas_ros.model.export`):
+Compiled backends come from the bundle's artefact cache (:mod:`flowclas_ros.deploy.cache`):
 built on first use when ``build`` is true, otherwise a missing or stale artefact is an error.
 """
 
@@ -21,24 +21,22 @@ import torch
 from torch import Tensor
 
 from flowclas_ros.model.bundle import load_bundle, read_bundle_config
-from flowclas_ros.model.export import (
-    ArtefactError,
-    InputShape,
-    ensure_artefact,
-    load_program,
-    load_tensorrt,
-    read_manifest,
-)
+from flowclas_ros.deploy.archive import load_program
+from flowclas_ros.deploy.cache import ensure_artefact, read_manifest
+from flowclas_ros.deploy.compile import load_tensorrt
+from flowclas_ros.deploy.errors import ArtefactError
+from flowclas_ros.deploy.shapes import InputShape
+from flowclas_ros.model.precision import PRECISIONS
 from flowclas_ros.model.network import FlowCLASNet
+from flowclas_ros.errors import FlowclasError
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "torch-export", "onnxruntime", "tensorrt", "auto")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _FORMAT = {"torch-export": "torch-export", "onnxruntime": "onnx", "tensorrt": "tensorrt"}
 
 
-class BackendError(ValueError):
+class BackendError(FlowclasError):
     """A backend cannot run here (library, device or precision missing) or was misused."""
 
 

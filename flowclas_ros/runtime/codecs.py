@@ -25,14 +25,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from flowclas_ros.errors import FlowclasError
+from flowclas_ros.vocabulary import MAX_SIDE
 
-MAX_SIDE = 16384
 MAX_COMPRESSED_PIXELS = 64 * 2**20  # a few bytes of PNG may claim any size: cap what we inflate
 
 _LITTLE_HOST = sys.byteorder == "little"
 
 
-class MessageError(ValueError):
+class MessageError(FlowclasError):
     """A message that cannot be turned into an image; ``reason`` is a short category name."""
 
     def __init__(self, message: str, reason: str) -> None:

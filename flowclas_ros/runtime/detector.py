@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from flowclas_ros.model.bundle import read_bundle_config
 from flowclas_ros.model.config import ModelConfig
 from flowclas_ros.model.network import FlowCLASNet
-from flowclas_ros.runtime.backends import PRECISIONS, Backend, TorchBackend, create_backend
+from flowclas_ros.model.precision import PRECISIONS
+from flowclas_ros.runtime.backends import Backend, TorchBackend, create_backend
 from flowclas_ros.runtime.hazards import Hazard, find_hazards
+from flowclas_ros.vocabulary import MAX_SIDE
 
-MAX_SIDE = 16384
 
 
 @dataclass

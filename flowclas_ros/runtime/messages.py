@@ -1,7 +1,7 @@
 """Output messages of the detector, built by a factory so rclpy and rosbags messages share one pipeline.
 
-The pipeline calls a :class:`MessageFactory`; :class:`RosbagsFactory` builds rosbags message
-classes (replay, tests), the node provides an rclpy one. What the messages carry:
+The pipeline calls one :class:`MessageFactory` over a mapping of message classes: rosbags'
+(:func:`rosbags_factory`: replay, bench, tests) or rclpy's (the node). What the messages carry:
 
 - ``image``: a sensor_msgs/Image from an array already in the encoding's layout (see
   :func:`flowclas_ros.runtime.codecs.encode_image`).
@@ -20,28 +20,17 @@ Galactic 3.x releases used geometry_msgs/Pose2D there and are not supported.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from flowclas_ros.runtime.codecs import encode_image
 from flowclas_ros.runtime.hazards import Hazard
+from flowclas_ros.vocabulary import MASK_ON, Label
 
 ANOMALY_CLASS = "anomaly"
-MASK_CLASSES = ((0, "inlier"), (255, ANOMALY_CLASS))
-
-
-class MessageFactory(Protocol):
-    """Builds the detector's output messages; every message copies ``header``."""
-
-    def image(self, header: Any, array: np.ndarray, encoding: str) -> Any:
-        """sensor_msgs/Image holding ``array`` (already in ``encoding``'s layout)."""
-
-    def hazards(self, header: Any, hazards: Sequence[Hazard], threshold: float) -> Any:
-        """vision_msgs/Detection2DArray with one detection per hazard."""
-
-    def label_info(self, header: Any, threshold: float) -> Any:
-        """vision_msgs/LabelInfo naming the mask values and carrying the threshold."""
+MASK_CLASSES = ((int(Label.INLIER), "inlier"), (MASK_ON, ANOMALY_CLASS))
 
 
 # Written from the vision_msgs 4.x interface documentation (ROS 2 Humble and Jazzy).
@@ -70,63 +59,87 @@ def register_vision_msgs(typestore: Any) -> None:
     typestore.register(types)
 
 
-class RosbagsFactory:
-    """:class:`MessageFactory` building rosbags message classes of ``typestore``.
+# Every message class the factory builds, by its ROS 2 type name.
+MESSAGE_TYPES = (
+    "builtin_interfaces/msg/Time",
+    "std_msgs/msg/Header",
+    "sensor_msgs/msg/Image",
+    "geometry_msgs/msg/Point",
+    "geometry_msgs/msg/Quaternion",
+    "geometry_msgs/msg/Pose",
+    "geometry_msgs/msg/PoseWithCovariance",
+    *VISION_MSGS,
+)
 
-    Registers vision_msgs with the typestore if needed. Headers are rebuilt field by field, so
-    the input message may come from any source with ``stamp.sec``, ``stamp.nanosec``, ``frame_id``.
+
+def _identity(data: np.ndarray) -> Any:
+    return data
+
+
+class MessageFactory:
+    """Builds the detector's output messages from a mapping of message classes.
+
+    ``classes`` maps every name in :data:`MESSAGE_TYPES` to a message class that takes all its
+    fields as keyword arguments: rosbags' dataclasses (replay, tests) or rclpy's generated
+    classes (the node, see ``flowclas_ros.ros.messages``). ``pack`` turns an image's uint8
+    bytes into what the class's ``data`` field takes fastest. Headers are rebuilt field by
+    field, so the input message may come from any source with ``stamp.sec``,
+    ``stamp.nanosec`` and ``frame_id``.
     """
 
-    def __init__(self, typestore: Any) -> None:
-        register_vision_msgs(typestore)
-        self.typestore = typestore
-        t = typestore.types
-        self._Time = t["builtin_interfaces/msg/Time"]
-        self._Header = t["std_msgs/msg/Header"]
-        self._Image = t["sensor_msgs/msg/Image"]
-        self._Point = t["geometry_msgs/msg/Point"]
-        self._Quaternion = t["geometry_msgs/msg/Quaternion"]
-        self._Pose = t["geometry_msgs/msg/Pose"]
-        self._PoseWithCovariance = t["geometry_msgs/msg/PoseWithCovariance"]
-        self._vision = {name.rsplit("/", 1)[1]: t[name] for name in VISION_MSGS}
+    def __init__(self, classes: Mapping[str, Any], pack: Callable[[np.ndarray], Any] = _identity) -> None:
+        missing = [name for name in MESSAGE_TYPES if name not in classes]
+        if missing:
+            raise KeyError(f"message classes missing: {', '.join(missing)}")
+        self._c = {name.rsplit("/", 1)[1]: classes[name] for name in MESSAGE_TYPES}
+        self._pack = pack
 
     def header(self, header: Any) -> Any:
-        """A copy of ``header`` as this typestore's std_msgs/Header."""
-        stamp = self._Time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec))
-        return self._Header(stamp=stamp, frame_id=str(header.frame_id))
+        """A copy of ``header`` as std_msgs/Header."""
+        stamp = self._c["Time"](sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec))
+        return self._c["Header"](stamp=stamp, frame_id=str(header.frame_id))
 
     def image(self, header: Any, array: np.ndarray, encoding: str) -> Any:
+        """sensor_msgs/Image holding ``array`` (already in ``encoding``'s layout)."""
         e = encode_image(array, encoding)
-        return self._Image(
+        return self._c["Image"](
             header=self.header(header), height=e.height, width=e.width, encoding=e.encoding,
-            is_bigendian=int(e.is_bigendian), step=e.step, data=e.data,
+            is_bigendian=int(e.is_bigendian), step=e.step, data=self._pack(e.data),
         )
 
-    def hazards(self, header: Any, hazards: Sequence[Hazard], threshold: float) -> Any:
-        v = self._vision
-        identity_pose = self._PoseWithCovariance(
-            pose=self._Pose(position=self._Point(x=0.0, y=0.0, z=0.0), orientation=self._Quaternion(x=0.0, y=0.0, z=0.0, w=1.0)),
-            covariance=np.zeros(36, dtype=np.float64),
-        )
+    def hazards(self, header: Any, hazards: Sequence[Hazard]) -> Any:
+        """vision_msgs/Detection2DArray with one detection per hazard."""
+        c = self._c
         out_header = self.header(header)
         detections = []
         for h in hazards:
+            pose = c["PoseWithCovariance"](
+                pose=c["Pose"](position=c["Point"](x=0.0, y=0.0, z=0.0),
+                               orientation=c["Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0)),
+                covariance=np.zeros(36, dtype=np.float64),
+            )
+            hypothesis = c["ObjectHypothesis"](class_id=ANOMALY_CLASS, score=float(h.peak_score))
             cx, cy = h.center
-            hypothesis = v["ObjectHypothesis"](class_id=ANOMALY_CLASS, score=float(h.peak_score))
             detections.append(
-                v["Detection2D"](
+                c["Detection2D"](
                     header=out_header,
-                    results=[v["ObjectHypothesisWithPose"](hypothesis=hypothesis, pose=identity_pose)],
-                    bbox=v["BoundingBox2D"](
-                        center=v["Pose2D"](position=v["Point2D"](x=float(cx), y=float(cy)), theta=0.0),
+                    results=[c["ObjectHypothesisWithPose"](hypothesis=hypothesis, pose=pose)],
+                    bbox=c["BoundingBox2D"](
+                        center=c["Pose2D"](position=c["Point2D"](x=float(cx), y=float(cy)), theta=0.0),
                         size_x=float(h.width), size_y=float(h.height),
                     ),
                     id=f"area={h.area}",
                 )
             )
-        return v["Detection2DArray"](header=out_header, detections=detections)
+        return c["Detection2DArray"](header=out_header, detections=detections)
 
     def label_info(self, header: Any, threshold: float) -> Any:
-        v = self._vision
-        class_map = [v["VisionClass"](class_id=value, class_name=name) for value, name in MASK_CLASSES]
-        return v["LabelInfo"](header=self.header(header), class_map=class_map, threshold=float(threshold))
+        """vision_msgs/LabelInfo naming the mask values and carrying the threshold."""
+        class_map = [self._c["VisionClass"](class_id=value, class_name=name) for value, name in MASK_CLASSES]
+        return self._c["LabelInfo"](header=self.header(header), class_map=class_map, threshold=float(threshold))
+
+
+def rosbags_factory(typestore: Any) -> MessageFactory:
+    """A :class:`MessageFactory` of rosbags message classes (vision_msgs registered if needed)."""
+    register_vision_msgs(typestore)
+    return MessageFactory({name: typestore.types[name] for name in MESSAGE_TYPES})

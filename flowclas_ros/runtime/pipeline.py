@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
 
@@ -23,7 +22,9 @@ from flowclas_ros.runtime.detector import Detection, Detector
 from flowclas_ros.runtime.hazards import find_hazards
 from flowclas_ros.runtime.messages import MessageFactory
 from flowclas_ros.runtime.smoothing import Smoother
+from flowclas_ros.runtime.stats import FrameStats
 from flowclas_ros.runtime.visualize import overlay as overlay_picture
+from flowclas_ros.vocabulary import MASK_ON
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,6 @@ class PipelineOutput:
     frame: np.ndarray
 
 
-@dataclass
-class PipelineStats:
-    """Counters since the pipeline was built."""
-
-    received: int = 0
-    processed: int = 0
-    rejected: int = 0
-    rejected_by_reason: Counter = field(default_factory=Counter)
-
-
 def _checked_header(msg: Any) -> Any:
     """The message's std_msgs/Header, if it has one the factories can copy."""
     header = getattr(msg, "header", None)
@@ -70,19 +61,20 @@ class FramePipeline:
     ``smoother`` (see :func:`flowclas_ros.runtime.smoothing.build_smoother`) smooths the score map
     before the mask is re-thresholded; hazards smaller than ``min_area`` pixels are dropped (keep
     the detector's own ``min_area`` at its default 0). The threshold is the detector's
-    (``detector.threshold``, settable at run time).
+    (``detector.threshold``, settable at run time). Rejected and processed frames are counted
+    in ``stats`` (shared with the caller, which counts arrivals, drops and publications).
     """
 
-    def __init__(self, detector: Detector, factory: MessageFactory, smoother: Smoother | None = None, min_area: int = 0) -> None:
+    def __init__(self, detector: Detector, factory: MessageFactory, smoother: Smoother | None = None,
+                 min_area: int = 0, stats: FrameStats | None = None) -> None:
         self.detector = detector
         self.factory = factory
         self.smoother = smoother
         self.min_area = int(min_area)
-        self.stats = PipelineStats()
+        self.stats = FrameStats() if stats is None else stats
 
     def process(self, msg: Any, overlay: bool = False) -> PipelineOutput | None:
         """Detect on one sensor_msgs/Image or CompressedImage; None when the message is rejected."""
-        self.stats.received += 1
         t0 = time.perf_counter()
         try:
             header = _checked_header(msg)
@@ -99,13 +91,13 @@ class FramePipeline:
         f = self.factory
         messages = {
             "anomaly_score": f.image(header, detection.score, "32FC1"),
-            "anomaly_mask": f.image(header, detection.mask.view(np.uint8) * np.uint8(255), "mono8"),
-            "hazards": f.hazards(header, detection.hazards, detection.threshold),
+            "anomaly_mask": f.image(header, detection.mask.view(np.uint8) * np.uint8(MASK_ON), "mono8"),
+            "hazards": f.hazards(header, detection.hazards),
         }
         if picture is not None:
             messages["anomaly_overlay"] = f.image(header, picture[..., ::-1], "bgr8")
         t4 = time.perf_counter()
-        self.stats.processed += 1
+        self.stats.process()
         timings = {"decode": t1 - t0, "model": t2 - t1, "post": t3 - t2, "encode": t4 - t3}
         return PipelineOutput(detection, messages, timings, frame)
 
@@ -119,7 +111,5 @@ class FramePipeline:
         return Detection(score, mask, detection.threshold, find_hazards(mask, score, self.min_area))
 
     def _reject(self, exc: MessageError) -> None:
-        self.stats.rejected += 1
-        self.stats.rejected_by_reason[exc.reason] += 1
-        first = self.stats.rejected_by_reason[exc.reason] == 1
+        first = self.stats.reject(exc.reason) == 1
         log.log(logging.WARNING if first else logging.DEBUG, "rejected image message (%s): %s", exc.reason, exc)

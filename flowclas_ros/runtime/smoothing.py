@@ -19,6 +19,13 @@ from typing import Any, Protocol, Sequence, Union
 import numpy as np
 from scipy import ndimage
 
+from flowclas_ros.errors import FlowclasError
+
+
+class SmoothingError(FlowclasError):
+    """An unknown smoother, or options it cannot use."""
+
+
 BINS = 20
 
 Regions = Union[np.ndarray, Sequence[np.ndarray]]
@@ -120,12 +127,12 @@ class Sam2Masks:
     def __init__(self, checkpoint: str | None = None, config: str = "configs/sam2.1/sam2.1_hiera_l.yaml",
                  points_per_side: int = 32, device: str = "cpu") -> None:
         if not checkpoint:
-            raise ValueError("SAM 2 smoothing needs a checkpoint path (option 'checkpoint')")
+            raise SmoothingError("SAM 2 smoothing needs a checkpoint path (option 'checkpoint')")
         try:
             from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
             from sam2.build_sam import build_sam2
         except ImportError as exc:
-            raise ValueError(f"SAM 2 smoothing needs the 'sam2' package, which failed to import: {exc}") from exc
+            raise SmoothingError(f"SAM 2 smoothing needs the 'sam2' package, which failed to import: {exc}") from exc
         model = build_sam2(config, checkpoint, device=device)
         self.generator = SAM2AutomaticMaskGenerator(model, points_per_side=points_per_side)
 
@@ -149,6 +156,10 @@ class Smoother:
 SOURCES = {"superpixels": Superpixels, "components": ConnectedComponents, "sam2": Sam2Masks}
 
 
+# Choices a user can pick by name alone (SAM 2 also needs checkpoint and config paths).
+CHOICES = ("none", *(name for name in SOURCES if name != "sam2"))
+
+
 def build_smoother(name: str, bins: int = BINS, **options: Any) -> Smoother | None:
     """``"none"`` -> None; ``"superpixels"``, ``"components"`` or ``"sam2"`` -> a :class:`Smoother`.
 
@@ -158,8 +169,8 @@ def build_smoother(name: str, bins: int = BINS, **options: Any) -> Smoother | No
     if name in ("none", "off", "", None):
         return None
     if name not in SOURCES:
-        raise ValueError(f"unknown smoothing {name!r}; choose one of none, {', '.join(SOURCES)}")
+        raise SmoothingError(f"unknown smoothing {name!r}; choose one of none, {', '.join(SOURCES)}")
     try:
         return Smoother(SOURCES[name](**options), bins=bins)
     except TypeError as exc:
-        raise ValueError(f"bad options for {name} smoothing: {exc}") from exc
+        raise SmoothingError(f"bad options for {name} smoothing: {exc}") from exc

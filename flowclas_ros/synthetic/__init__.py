@@ -1,4 +1,4 @@
-"""Synthetic anomaly segmentation data in two domains, and the ``flowclas synth`` command.
+"""Synthetic anomaly segmentation data in two domains (``flowclas synth``).
 
 Inlier scenes are drawn procedurally (numpy + PIL rasterisation), deterministic from a seed:
 
@@ -23,10 +23,10 @@ neither clean inlier nor clean object. Every pixel labelled 0 equals the inlier 
 Modules, each using only those before it: ``render`` (layers, shading, shadows, exposure),
 ``scenes`` (the two domains' scene builders, ``inlier_image``), ``objects`` (the photo
 sources and ``cut_object``), ``samples`` (compositing, ``anomaly_sample``, ``sequence``,
-``write_dataset``, ``preview``) and ``command`` (``flowclas synth``).
+``write_dataset``, ``preview``), ``generate`` (a whole dataset from typed options) and
+``camera_bag`` (a rosbag2 of a camera sequence with ground truth).
 """
 
-from flowclas_ros.synthetic.command import add_arguments, run
 from flowclas_ros.synthetic.objects import SOURCES, SPLITS, Source, cut_object, sources
 from flowclas_ros.synthetic.samples import (
     ANOMALY,
@@ -52,13 +52,11 @@ __all__ = [
     "VOID",
     "AnomalySample",
     "Source",
-    "add_arguments",
     "anomaly_sample",
     "cut_object",
     "inlier_image",
     "outlier_item",
     "preview",
-    "run",
     "sequence",
     "sources",
     "write_dataset",

@@ -11,8 +11,9 @@ import numpy as np
 from flowclas_ros.synthetic.objects import cut_object, sources
 from flowclas_ros.synthetic.render import Light, expose, render, sensor_noise
 from flowclas_ros.synthetic.scenes import DOMAINS, SCENES, check_domain, inlier_image, pick
+from flowclas_ros.vocabulary import Label
 
-INLIER, ANOMALY, VOID, OBJECT = 0, 1, 255, 254  # test labels 0/1/255; OBJECT marks outlier folder masks
+INLIER, ANOMALY, VOID, OBJECT = (int(v) for v in (Label.INLIER, Label.ANOMALY, Label.VOID, Label.OBJECT))  # test labels 0/1/255; OBJECT marks outlier folder masks
 
 
 # --------------------------------------------------------------------------- compositing

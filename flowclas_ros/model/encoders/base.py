@@ -9,9 +9,10 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from flowclas_ros.errors import FlowclasError
 
 
-class WeightsError(ValueError):
+class WeightsError(FlowclasError):
     """A pretrained weights file is missing, unreadable or does not fit the encoder."""
 
 

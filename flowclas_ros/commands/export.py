@@ -9,25 +9,15 @@
 from __future__ import annotations
 
 import argparse
-import re
 
+from flowclas_ros.deploy.compile import FORMATS
+from flowclas_ros.deploy.shapes import InputShape, parse_size
 from flowclas_ros.errors import UserError
-
-FORMATS = ("torch-export", "onnx", "tensorrt")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``HxW`` (e.g. ``480x640``) -> (height, width)."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
-    if not match:
-        raise UserError(f"size {text!r} is not of the form HEIGHTxWIDTH, e.g. 480x640")
-    h, w = int(match[1]), int(match[2])
-    if not (16 <= h <= 8192 and 16 <= w <= 8192):
-        raise UserError(f"size {text!r} is outside 16..8192 pixels a side")
-    return h, w
+from flowclas_ros.model.precision import PRECISIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's flags."""
     parser.add_argument("--model", required=True, help="model bundle directory (artefacts go to BUNDLE/engines/)")
     parser.add_argument("--format", required=True, choices=FORMATS, help="artefact format")
     parser.add_argument("--height", type=int, help="static input height (default: the bundle's input size)")
@@ -36,16 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opt", dest="opt_size", metavar="HxW", help="input size to tune for (dynamic; default --max)")
     parser.add_argument("--max", dest="max_size", metavar="HxW", help="largest input of a dynamic-size artefact")
     parser.add_argument("--max-batch", type=int, default=1, help="largest batch (batch 1..N; default 1, static)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+    parser.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
                         help="fp16/bf16: tensorrt only (normalisation and log-density stay fp32)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for tensorrt")
     parser.add_argument("--force", action="store_true", help="rebuild even if a valid or corrupt artefact exists")
 
 
-def input_shape(args: argparse.Namespace, bundle_size: tuple[int, int]):
+def input_shape(args: argparse.Namespace, bundle_size: tuple[int, int]) -> InputShape:
     """The InputShape the flags describe (static HxW, or a min/opt/max range)."""
-    from flowclas_ros.model.export import InputShape
-
     if args.max_batch < 1:
         raise UserError(f"--max-batch must be >= 1, got {args.max_batch}")
     batch = (1, 1, args.max_batch)
@@ -64,8 +52,9 @@ def input_shape(args: argparse.Namespace, bundle_size: tuple[int, int]):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build (or verify) the artefact."""
+    from flowclas_ros.deploy.cache import MANIFEST, ensure_artefact
     from flowclas_ros.model.bundle import read_bundle_config
-    from flowclas_ros.model.export import MANIFEST, ensure_artefact
     from flowclas_ros.runtime.backends import tensorrt_unavailable
 
     config, _ = read_bundle_config(args.model)

@@ -15,8 +15,10 @@ from torch import Tensor
 
 from flowclas_ros.model.config import ConfigError
 from flowclas_ros.model.flow import DiagonalGaussian
+from flowclas_ros.vocabulary import Label
 
-INLIER, OUTLIER, IGNORE = 0, 1, 255
+INLIER, OUTLIER, IGNORE = int(Label.INLIER), int(Label.ANOMALY), int(Label.VOID)
+OBJECTIVES = ("flowclas", "ml", "outlier_nll")
 
 
 def labels_to_grid(labels: Tensor, size: tuple[int, int]) -> Tensor:
@@ -134,8 +136,8 @@ class ObjectiveConfig:
     epsilon: float = -5.0
 
     def __post_init__(self) -> None:
-        if self.name not in ("flowclas", "ml", "outlier_nll"):
-            raise ConfigError(f"objective must be flowclas, ml or outlier_nll, got {self.name!r}")
+        if self.name not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.name!r}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
 

@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from flowclas_ros.cli import IMAGE_SUFFIXES, read_rgb
+from flowclas_ros.images import IMAGE_SUFFIXES, read_rgb
 from flowclas_ros.errors import UserError
+from flowclas_ros.vocabulary import Label
 
-INLIER, ANOMALY, OBJECT, IGNORE = 0, 1, 254, 255
+INLIER, ANOMALY, OBJECT, IGNORE = (int(v) for v in (Label.INLIER, Label.ANOMALY, Label.OBJECT, Label.VOID))
 _UNDEFINED = 256  # label-table entry for a raw value the layout does not define
 
 Item = tuple[np.ndarray, np.ndarray, str]

@@ -1,33 +1,37 @@
-"""The ``flowclas synth`` command: a folder-layout dataset, its outlier folder, a preview, optionally a bag."""
+"""Writing a synthetic dataset: the folder layout, its outlier folder, a preview, optionally a camera bag."""
 
 from __future__ import annotations
 
-import argparse
+import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+from flowclas_ros.errors import UserError
 from flowclas_ros.synthetic.objects import SPLITS, sources
 from flowclas_ros.synthetic.samples import ANOMALY, INLIER, OBJECT, VOID, preview, sequence, write_dataset
 from flowclas_ros.synthetic.scenes import DOMAINS
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True, help="dataset folder (train/, test/, outliers/, preview.png)")
-    parser.add_argument("--domain", default="orbital", choices=DOMAINS, help="scene domain (default: orbital)")
-    parser.add_argument("--train", type=int, default=200, help="inlier training images (default: 200)")
-    parser.add_argument("--test", type=int, default=50, help="test images with anomalies and masks (default: 50)")
-    parser.add_argument("--outliers", type=int, default=100, help="outlier crops for pasting (default: 100)")
-    parser.add_argument("--height", type=int, default=240, help="image height (default: 240)")
-    parser.add_argument("--width", type=int, default=320, help="image width (default: 320)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same bytes (default: 0)")
-    parser.add_argument("--bag", default=None, help="also write a camera rosbag2 of a moving sequence here")
-    parser.add_argument("--bag-frames", type=int, default=100, help="frames in the bag (default: 100)")
-    parser.add_argument("--bag-rate", type=float, default=10.0, help="bag frame rate in Hz (default: 10)")
-    parser.add_argument("--bag-storage", default="sqlite3", choices=["sqlite3", "mcap"], help="rosbag2 storage")
+@dataclass
+class SynthOptions:
+    """What ``flowclas synth`` writes (the flags, typed)."""
+
+    output: str
+    domain: str = "orbital"
+    train: int = 200
+    test: int = 50
+    outliers: int = 100
+    height: int = 240
+    width: int = 320
+    seed: int = 0
+    bag: str | None = None
+    bag_frames: int = 100
+    bag_rate: float = 10.0
+    bag_storage: str = "sqlite3"
 
 
-def _validate(args: argparse.Namespace) -> None:
-    from flowclas_ros.errors import UserError
-
+def _validate(args: SynthOptions) -> None:
     for name in ("train", "test", "outliers"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name} must be zero or more, got {getattr(args, name)}")
@@ -47,10 +51,11 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError(f"--output {args.output} is a file, not a folder")
 
 
-def run(args: argparse.Namespace) -> int:
-    """``flowclas synth``: the folder-layout dataset, its outlier folder, a preview, optionally a bag."""
-    import json
+log = logging.getLogger(__name__)
 
+
+def synthesize(args: SynthOptions) -> dict:
+    """Write the dataset (and the bag); returns the ``synth.json`` description plus the paths written."""
     _validate(args)
     size = (args.height, args.width)
     root = Path(args.output)
@@ -70,15 +75,13 @@ def run(args: argparse.Namespace) -> int:
         "test sources are held out for test/ and the bag",
     }
     (root / "synth.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"flowclas synth: {args.domain}, {args.height}x{args.width}, seed {args.seed} -> {root}")
-    for folder, n in counts.items():
-        print(f"  {n:6d} files in {root / folder}")
+    paths: dict[str, str] = {}
     if args.train or args.test or args.outliers:
-        print(f"  preview: {preview(root, root / 'preview.png')}")
+        paths["preview"] = str(preview(root, root / "preview.png"))
     if args.bag is not None:
         from tqdm import tqdm
 
-        from flowclas_ros.bagio import write_camera_bag
+        from flowclas_ros.synthetic.camera_bag import write_camera_bag
 
         frames = tqdm(
             sequence(args.domain, args.bag_frames, size, args.seed),
@@ -86,9 +89,5 @@ def run(args: argparse.Namespace) -> int:
             desc="synth bag",
             unit="frame",
         )
-        bag = write_camera_bag(args.bag, frames, rate_hz=args.bag_rate, storage=args.bag_storage)
-        print(
-            f"  camera bag ({args.bag_frames} frames, /camera/image_raw + /camera/anomaly_gt, "
-            f"{args.bag_storage}): {bag}"
-        )
-    return 0
+        paths["bag"] = str(write_camera_bag(args.bag, frames, rate_hz=args.bag_rate, storage=args.bag_storage))
+    return {**info, "paths": paths}

@@ -19,14 +19,18 @@ FLAGS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The command's flags."""
+    from flowclas_ros.model.config import HEADS
+    from flowclas_ros.training.objectives import OBJECTIVES
+
     p.add_argument("--config", required=True,
                    help="recipe YAML, or a built-in recipe name (synthetic, folder, allo, cityscapes)")
     p.add_argument("--output", required=True, help="run directory (resumed when it holds a checkpoint)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--data-root", help="inlier dataset root (data.root)")
     p.add_argument("--outliers", help="outlier source root (data.outliers)")
-    p.add_argument("--objective", choices=["flowclas", "ml", "outlier_nll"])
-    p.add_argument("--head", choices=["flowclas", "fastflow"])
+    p.add_argument("--objective", choices=OBJECTIVES)
+    p.add_argument("--head", choices=HEADS)
     p.add_argument("--encoder", help="encoder name, e.g. efficientnet_lite0, dinov2_vitb14")
     p.add_argument("--steps", type=int, help="optimiser steps")
     p.add_argument("--batch-size", type=int, help="global batch size")
@@ -44,10 +48,10 @@ def overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config import load_train_config
-    from training.data import build_samples
-    from training.pasting import save_grid
-    from training.trainer import train
+    """Train (or resume) and write the bundle."""
+    from flowclas_ros.training.config import load_train_config
+    from flowclas_ros.training.data import write_pasting_preview
+    from flowclas_ros.training.trainer import train
 
     config = load_train_config(args.config, overrides(args))
     out = Path(args.output)
@@ -55,12 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.restart and last.exists():
         last.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    if args.preview and config.data.outliers:
-        train_set, _ = build_samples(config)
-        samples = [train_set.paste((0, i)) for i in range(min(args.preview, len(train_set)))]
-        if samples and samples[0].out is not None:
-            save_grid(samples, str(out / "pasting_preview.png"))
-            print(f"flowclas train: pasted samples -> {out / 'pasting_preview.png'}")
+    if args.preview and (preview := write_pasting_preview(config, out / "pasting_preview.png", args.preview)):
+        print(f"flowclas train: pasted samples -> {preview}")
     bundle = train(config, out, device=args.device)
     print(f"flowclas train: bundle -> {bundle} (logs in {out / 'logs'})")
     return 0

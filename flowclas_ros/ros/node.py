@@ -5,7 +5,7 @@ publishes, with the input header, ``anomaly_score`` (32FC1), ``anomaly_mask`` (m
 ``anomaly_overlay`` (bgr8, only while subscribed and enabled), ``hazards``
 (vision_msgs/Detection2DArray), ``label_info`` (vision_msgs/LabelInfo, transient local)
 and ``/diagnostics``. Inference runs in a worker thread fed by a keep-latest slot
-(flowclas_ros.live), so the executor never blocks and frames never queue.
+(flowclas_ros.runtime.scheduling), so the executor never blocks and frames never queue.
 
 Several cameras in one process (``flowclas_node --cameras front rear``): one node per
 camera namespace, all spun by one executor and sharing one loaded model (rclpy has no
@@ -16,7 +16,6 @@ slot, worker, threshold and statistics; a lock lets one frame at a time use the 
 from __future__ import annotations
 
 import argparse
-import array
 import copy
 import sys
 import threading
@@ -33,43 +32,15 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
-from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose, VisionClass
+from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from flowclas_ros.live import PARAMETERS, LatestSlot, LiveStats, check_parameters
-from flowclas_ros.runtime.codecs import encode_image
-from flowclas_ros.runtime.hazards import Hazard
-from flowclas_ros.runtime.messages import ANOMALY_CLASS, MASK_CLASSES
+from flowclas_ros.ros.logging_bridge import forward_to
+from flowclas_ros.ros.messages import rclpy_factory
+from flowclas_ros.ros.parameters import PARAMETERS, check_parameters
+from flowclas_ros.runtime.scheduling import LatestSlot
+from flowclas_ros.runtime.stats import FrameStats
 
 NODE_NAME = "flowclas_detector"
-
-
-class RclpyFactory:
-    """MessageFactory building rclpy messages, with the conventions of runtime.messages."""
-
-    def image(self, header: Header, pixels: np.ndarray, encoding: str) -> Image:
-        e = encode_image(pixels, encoding)
-        msg = Image(header=header, height=e.height, width=e.width, encoding=e.encoding)
-        msg.is_bigendian, msg.step = int(e.is_bigendian), e.step
-        msg.data = array.array("B", e.data.tobytes())  # the generated setter's fast path
-        return msg
-
-    def hazards(self, header: Header, hazards: Sequence[Hazard], threshold: float) -> Detection2DArray:
-        out = Detection2DArray(header=header)
-        for hazard in hazards:
-            det = Detection2D(header=header, id=f"area={hazard.area}")
-            det.bbox.center.position.x, det.bbox.center.position.y = hazard.center
-            det.bbox.size_x, det.bbox.size_y = float(hazard.width), float(hazard.height)
-            result = ObjectHypothesisWithPose()
-            result.hypothesis.class_id = ANOMALY_CLASS
-            result.hypothesis.score = float(hazard.peak_score)
-            result.pose.pose.orientation.w = 1.0
-            det.results.append(result)
-            out.detections.append(det)
-        return out
-
-    def label_info(self, header: Header, threshold: float) -> LabelInfo:
-        class_map = [VisionClass(class_id=value, class_name=name) for value, name in MASK_CLASSES]
-        return LabelInfo(header=header, class_map=class_map, threshold=float(threshold))
 
 
 def _descriptor(name: str) -> ParameterDescriptor:
@@ -102,8 +73,9 @@ class DetectorNode(Node):
         self._set_threshold(values["threshold"])
         self.overlay = values["overlay"]
         self.min_interval = 1.0 / values["max_rate"] if values["max_rate"] > 0 else 0.0
+        self.stats = FrameStats(backend=values["backend"], device=values["device"])
+        self.factory = rclpy_factory()
         self.pipeline = self._pipeline(values)
-        self.stats = LiveStats(backend=values["backend"], device=values["device"])
 
         qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
@@ -162,7 +134,8 @@ class DetectorNode(Node):
         from flowclas_ros.runtime.smoothing import build_smoother
 
         smoother = build_smoother(values["smoothing"])
-        return FramePipeline(self.detector, RclpyFactory(), smoother=smoother, min_area=values["min_hazard_area"])
+        return FramePipeline(self.detector, self.factory, smoother=smoother, min_area=values["min_hazard_area"],
+                             stats=self.stats)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -171,10 +144,9 @@ class DetectorNode(Node):
         self.detector.threshold = self.bundle_threshold if value < 0 else value
 
     def _on_image(self, msg) -> None:
-        self.stats.received += 1
-        self.stats.input_rate.tick(self._now())
+        self.stats.receive(self._now())
         if self.slot.put(msg):
-            self.stats.dropped += 1
+            self.stats.drop()
 
     def _work(self) -> None:
         last_start = -float("inf")
@@ -188,22 +160,20 @@ class DetectorNode(Node):
                     output = self.pipeline.process(msg, overlay=overlay)
             except Exception as exc:  # keep the node alive; the pipeline rejects bad frames itself
                 self.get_logger().error(f"frame failed: {exc}", throttle_duration_sec=5.0)
-                output = None
+                self.stats.reject("error")
+                continue
             if output is None:
-                self.stats.rejected += 1
                 continue
             for suffix, out_msg in output.messages.items():
                 self.outputs[suffix].publish(out_msg)
             now = self._now()
-            self.stats.processed += 1
-            self.stats.output_rate.tick(now)
             stamp = msg.header.stamp
-            self.stats.latency.add(now - (stamp.sec + stamp.nanosec * 1e-9))
+            self.stats.publish(now, now - (stamp.sec + stamp.nanosec * 1e-9))
             self.frame_id = msg.header.frame_id
 
     def _publish_label_info(self) -> None:
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
-        self.label_pub.publish(RclpyFactory().label_info(header, self.detector.threshold))
+        self.label_pub.publish(self.factory.label_info(header, self.detector.threshold))
 
     def _publish_diagnostics(self) -> None:
         level, message = self.stats.level()
@@ -237,6 +207,7 @@ class DetectorNode(Node):
 def main(args: list[str] | None = None) -> int:
     """Entry point ``flowclas_node [--cameras NS [NS ...]] [--ros-args ...]``."""
     rclpy.init(args=args)
+    forward_to(rclpy.logging.get_logger(NODE_NAME))
     parser = argparse.ArgumentParser(prog="flowclas_node", description="FlowCLAS anomaly detector node")
     parser.add_argument("--cameras", nargs="+", default=[""], metavar="NS", help="camera namespaces served by this process")
     options = parser.parse_args(remove_ros_args(args if args is not None else sys.argv)[1:])

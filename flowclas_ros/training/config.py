@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from flowclas_ros.model.config import ConfigError, ModelConfig, dataclass_from_dict, apply_overrides, with_head_defaults
-from training.objectives import ObjectiveConfig
+from flowclas_ros.training.objectives import ObjectiveConfig
 
 RECIPES = Path(__file__).parent / "recipes"
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from training.objectives import IGNORE, INLIER, OUTLIER
+from flowclas_ros.training.objectives import IGNORE, INLIER, OUTLIER
+from flowclas_ros.vocabulary import Label
 
 SCALES = (0.1, 0.125, 0.25, 0.5, 0.5, 0.75)
-OBJECT = 254
+OBJECT = int(Label.OBJECT)
 
 
 @dataclass

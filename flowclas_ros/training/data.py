@@ -7,15 +7,16 @@ whatever the number of processes or worker threads, and a resumed run continues 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from training.config import TrainConfig
-from training.datasets import build_dataset, random_crop
-from training.pasting import PastedSample, PasteRecipe, paste_outlier
+from flowclas_ros.training.config import TrainConfig
+from flowclas_ros.training.datasets import build_dataset, random_crop
+from flowclas_ros.training.pasting import PastedSample, PasteRecipe, paste_outlier, save_grid
 
 
 def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
@@ -147,3 +148,15 @@ class StepBatches:
         for step in range(self.start, self.stop):
             first = step * self.batch + self.rank * share
             yield [self._key(p) for p in range(first, first + share)]
+
+
+def write_pasting_preview(config: TrainConfig, path: Path, count: int) -> Path | None:
+    """A grid of ``count`` pasted training samples at ``path``; None without outlier sources."""
+    if not config.data.outliers:
+        return None
+    train_set, _ = build_samples(config)
+    samples = [train_set.paste((0, i)) for i in range(min(count, len(train_set)))]
+    if not samples or samples[0].out is None:
+        return None
+    save_grid(samples, str(path))
+    return path

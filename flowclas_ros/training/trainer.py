@@ -38,9 +38,9 @@ from torch.utils.data import DataLoader
 from flowclas_ros.metrics import BinnedMetrics, as_percentages
 from flowclas_ros.model import FlowCLASNet, save_bundle
 from flowclas_ros.model.network import pad_to_multiple
-from training.config import TrainConfig
-from training.data import PastedSamples, StepBatches, build_samples
-from training.objectives import compute_loss
+from flowclas_ros.training.config import TrainConfig
+from flowclas_ros.training.data import PastedSamples, StepBatches, build_samples
+from flowclas_ros.training.objectives import compute_loss
 
 VAL_EPOCH = 1_000_000  # validation samples use their own fixed epoch: same outliers every time
 CHECKPOINT_VERSION = 1

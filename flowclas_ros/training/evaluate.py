@@ -1,4 +1,4 @@
-"""``flowclas eval``: pixel (and optionally component) metrics of a bundle on a test set.
+"""Evaluation (``flowclas eval``): pixel (and optionally component) metrics of a bundle on a test set.
 
 Writes into ``--output``: ``metrics.json`` (percentages, architecture.md), ``pr_curve.png``,
 ``roc_curve.png``, ``score_histogram.png`` and ``overlays/<name>.png`` for the first few
@@ -9,31 +9,12 @@ histogram always come from the binned counts (a few thousand points draw the sam
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from flowclas_ros.cli import add_inference_arguments
-from flowclas_ros.errors import UserError
 
 EXACT_MAX_PIXELS = 50_000_000  # about 200 MB of float32 scores, a few seconds of sorting
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_inference_arguments(parser)
-    parser.add_argument("--dataset", required=True, help="dataset layout (folder, allo, fishyscapes_laf, ...)")
-    parser.add_argument("--root", required=True, help="dataset root folder")
-    parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--image-topic", help="with --dataset rosbag: the camera topic (default /camera/image_raw)")
-    parser.add_argument("--gt-topic", help="with --dataset rosbag: the mask topic (default /camera/anomaly_gt)")
-    parser.add_argument("--bins", type=int, default=2000, help="thresholds of the binned metrics and curves")
-    parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--num-overlays", type=int, default=4, help="heatmap overlays to write")
-    parser.add_argument("--component", default="none", choices=["none", "anomaly", "obstacle"],
-                        help="SegmentMeIfYouCan component metrics for this track")
-    parser.add_argument("--exact-max-pixels", type=int, default=EXACT_MAX_PIXELS,
-                        help="exact metrics up to this many non-void pixels, binned beyond (0: always binned)")
 
 
 def _safe_name(name: str) -> str:
@@ -65,7 +46,7 @@ def evaluate(
     import numpy as np
     from tqdm import tqdm
 
-    from flowclas_ros.cli import write_png
+    from flowclas_ros.images import write_png
     from flowclas_ros.metrics import BinnedMetrics, ComponentMetrics, ExactMetrics
     from flowclas_ros.runtime.visualize import overlay
 
@@ -122,31 +103,3 @@ def write_plots(binned, out: Path, metrics: dict, threshold: float) -> list[Path
                        label=f"AUROC {100 * metrics['auroc']:.1f}%, FPR95 {100 * metrics['fpr95']:.1f}%"),
         plot_score_histogram(binned, out / "score_histogram.png", threshold=threshold),
     ]
-
-
-def run(args: argparse.Namespace) -> int:
-    """The ``flowclas eval`` command."""
-    from flowclas_ros.metrics import write_metrics_json
-    from flowclas_ros.runtime import Detector
-    from training.datasets import build_dataset
-
-    for flag, value, lowest in (("--bins", args.bins, 2), ("--max-images", args.max_images, 1),
-                                ("--num-overlays", args.num_overlays, 0),
-                                ("--exact-max-pixels", args.exact_max_pixels, 0)):
-        if value is not None and value < lowest:
-            raise UserError(f"{flag} must be at least {lowest}, got {value}")
-    options = {} if args.max_images is None else {"max_images": args.max_images}
-    if args.dataset == "rosbag":
-        topics = {"image_topic": args.image_topic, "mask_topic": args.gt_topic}
-        options.update({k: v for k, v in topics.items() if v})
-    dataset = build_dataset(args.dataset, args.root, "test", **options)
-    detector = Detector.from_bundle(args.model, device=args.device, precision=args.precision, backend=args.backend)
-    out = Path(args.output)
-    component = None if args.component == "none" else args.component
-    metrics = evaluate(detector, dataset, bins=args.bins, exact_max_pixels=args.exact_max_pixels,
-                       component=component, output=out, num_overlays=args.num_overlays)
-    write_metrics_json(out / "metrics.json", metrics, model=str(args.model), dataset=args.dataset,
-                       root=str(args.root), threshold=detector.threshold)
-    print(f"flowclas eval: {metrics['num_images']} image(s), {metrics['method']} metrics: "
-          f"AP {100 * metrics['ap']:.1f}%, FPR95 {100 * metrics['fpr95']:.1f}% -> {out}")
-    return 0

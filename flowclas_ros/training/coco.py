@@ -16,26 +16,17 @@ for pasting.
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from pathlib import Path
 
 from flowclas_ros.errors import UserError
+from flowclas_ros.vocabulary import Label
 
 CITYSCAPES_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck", "traffic light", "stop sign")
 ALLO_EXTRA_CLASSES = ("microwave", "oven", "toaster", "refrigerator", "scissors", "hair drier")
 FILTERS = {"cityscapes": CITYSCAPES_CLASSES, "allo": CITYSCAPES_CLASSES + ALLO_EXTRA_CLASSES}
 MIN_SIDE = 480
-OBJECT = 254
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--coco-root", required=True, help="COCO folder with train2017/ and annotations/instances_train2017.json")
-    parser.add_argument("--output", required=True, help="folder to write train2017/ and ood_seg_train2017/ into")
-    parser.add_argument("--filter", required=True, choices=sorted(FILTERS), help="inlier domain whose classes are dropped")
-    parser.add_argument("--annotations", default=None, help="instances JSON (default: COCO_ROOT/annotations/instances_train2017.json)")
-    parser.add_argument("--min-side", type=int, default=MIN_SIDE, help="drop images shorter than this on a side (pixels)")
-    parser.add_argument("--copy", action="store_true", help="copy the kept images instead of symlinking them")
+OBJECT = int(Label.OBJECT)
 
 
 # --- rasterising annotations ------------------------------------------------------------------
@@ -222,15 +213,3 @@ def prepare_coco(coco_root: Path, output: Path, filter_name: str, annotations: P
         else:
             dropped["no objects"] += 1
     return kept, dropped
-
-
-def run(args: argparse.Namespace) -> int:
-    output = Path(args.output)
-    kept, dropped = prepare_coco(
-        Path(args.coco_root), output, args.filter, Path(args.annotations) if args.annotations else None, args.min_side, args.copy
-    )
-    total = kept + sum(dropped.values())
-    reasons = ", ".join(f"{n} {why}" for why, n in sorted(dropped.items())) or "none"
-    print(f"flowclas prepare-coco: kept {kept} of {total} images (filter {args.filter}); dropped: {reasons}")
-    print(f"flowclas prepare-coco: {'images copied' if args.copy else 'image links'} -> {output / 'train2017'}, masks -> {output / 'ood_seg_train2017'}")
-    return 0 if kept else 1

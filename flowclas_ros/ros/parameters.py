@@ -1,0 +1,68 @@
+"""The node's parameters: defaults, descriptions, ranges and choices, and their checks (no rclpy)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from flowclas_ros.runtime.backends import BACKENDS, PRECISIONS
+from flowclas_ros.runtime.smoothing import CHOICES as SMOOTHING_CHOICES
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A node parameter: default, description, and an inclusive range or choices."""
+
+    default: Any
+    description: str
+    range: tuple[float, float] | None = None
+    choices: tuple[str, ...] = ()
+    dynamic: bool = False  # changeable while the node runs
+
+    def check(self, name: str, value: Any) -> str | None:
+        """Why ``value`` is refused, or None when acceptable."""
+        if isinstance(self.default, bool):
+            return None if isinstance(value, bool) else f"{name} must be true or false"
+        if isinstance(self.default, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return f"{name} must be a number"
+            if isinstance(self.default, int) and not isinstance(value, int):
+                return f"{name} must be an integer"
+            if self.range and not self.range[0] <= value <= self.range[1]:
+                return f"{name} must be in [{self.range[0]}, {self.range[1]}], got {value}"
+            return None
+        if not isinstance(value, str):
+            return f"{name} must be a string"
+        if self.choices and value not in self.choices:
+            return f"{name} must be one of {', '.join(self.choices)}, got {value!r}"
+        return None
+
+
+PARAMETERS: dict[str, Parameter] = {
+    "model": Parameter("", "model bundle directory"),
+    "backend": Parameter("auto", "inference backend", choices=BACKENDS),
+    "device": Parameter("cpu", "device, e.g. cpu or cuda:0"),
+    "precision": Parameter("fp32", "inference precision", choices=tuple(PRECISIONS)),
+    "use_compressed": Parameter(False, "subscribe to image/compressed (sensor_msgs/CompressedImage)"),
+    "qos_reliability": Parameter("best_effort", "image subscription reliability", choices=("best_effort", "reliable")),
+    "qos_depth": Parameter(1, "image subscription queue depth", range=(1, 100)),
+    "threshold": Parameter(-1.0, "mask threshold; -1 = the bundle's calibrated value", (-1.0, 1.0), dynamic=True),
+    "min_hazard_area": Parameter(0, "smallest reported hazard region, pixels", range=(0, 100_000_000)),
+    "smoothing": Parameter("none", "score smoothing over regions", choices=SMOOTHING_CHOICES),
+    "overlay": Parameter(True, "publish anomaly_overlay (computed only while subscribed)", dynamic=True),
+    "max_rate": Parameter(0.0, "most frames processed per second; 0 = as fast as the model", (0.0, 1000.0)),
+}
+
+
+def check_parameters(changes: dict[str, Any], running: bool = True) -> str | None:
+    """Why a set of parameter changes is refused (first reason), or None."""
+    for name, value in changes.items():
+        spec = PARAMETERS.get(name)
+        if spec is None:
+            continue  # not ours (e.g. use_sim_time)
+        if running and not spec.dynamic:
+            return f"{name} cannot change while the node runs; restart the node"
+        if (reason := spec.check(name, value)) is not None:
+            return reason
+    return None
