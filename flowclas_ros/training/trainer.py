@@ -18,14 +18,14 @@ Layout of a run directory::
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -41,6 +41,8 @@ from flowclas_ros.model.network import pad_to_multiple
 from flowclas_ros.training.config import TrainConfig
 from flowclas_ros.training.data import PastedSamples, StepBatches, build_samples
 from flowclas_ros.training.objectives import compute_loss
+
+log = logging.getLogger(__name__)
 
 VAL_EPOCH = 1_000_000  # validation samples use their own fixed epoch: same outliers every time
 CHECKPOINT_VERSION = 1
@@ -195,6 +197,25 @@ def validate(net: FlowCLASNet, samples: PastedSamples, ctx: Context, config: Tra
     return metrics
 
 
+@dataclass
+class _Run:
+    """The moving parts of one training run, shared by the Trainer's phases."""
+
+    net: FlowCLASNet
+    train_set: PastedSamples
+    val_set: PastedSamples
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    train_log: CsvLog | None
+    val_log: CsvLog | None
+    board: Any
+    model: nn.Module | None = None
+    start: int = 0
+    best: dict = field(default_factory=lambda: {"fpr95": math.inf, "step": -1})
+    bar: Any = None
+    tic: float = 0.0
+
+
 class Trainer:
     """Trains one recipe into ``run_dir``; resumes from ``checkpoints/last.pt`` when present."""
 
@@ -209,6 +230,23 @@ class Trainer:
 
     def run(self) -> Path:
         """Train to ``optim.steps``, then write and return the bundle directory."""
+        run = self._setup()
+        self._resume(run)
+        loader = self._loader(run)
+        run.bar = self._bar(run.start)
+        try:
+            for step, batch in enumerate(loader, start=run.start):
+                loss, parts = self._step(run, step, batch)
+                self._after_step(run, step + 1, loss, parts)
+        finally:
+            if run.bar:
+                run.bar.close()
+            if run.board:
+                run.board.close()
+        return self._finish(run.net, run.val_set, run.best)
+
+    def _setup(self) -> _Run:
+        """Folders, the network, data, optimiser, schedule and logs of a fresh run."""
         cfg, ctx = self.config, self.ctx
         if ctx.main:
             for d in (self.checkpoints, self.logs):
@@ -221,74 +259,83 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, cfg.optim.steps, cfg.optim.warmup)
         )
-        start, best = 0, {"fpr95": math.inf, "step": -1}
+        main = ctx.main
+        return _Run(
+            net=net, train_set=train_set, val_set=val_set, optimizer=optimizer, scheduler=scheduler,
+            train_log=CsvLog(self.logs / "train.csv", ["step", "loss", "ml", "contrastive", "outlier_nll", "lr", "seconds"])
+            if main else None,
+            val_log=CsvLog(self.logs / "val.csv", ["step", "ap", "auprc_trapz", "fpr95", "auroc"]) if main else None,
+            board=_tensorboard(self.logs) if main else None,
+        )
+
+    def _resume(self, run: _Run) -> None:
+        """Continue from ``checkpoints/last.pt`` when it exists; then wrap the loss for DDP."""
+        cfg, ctx = self.config, self.ctx
         last = self.checkpoints / "last.pt"
         if last.exists():
             state = load_checkpoint(last)
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start, best = int(state["step"]), dict(state["best"])
+            run.net.load_state_dict(state["model"])
+            run.optimizer.load_state_dict(state["optimizer"])
+            run.scheduler.load_state_dict(state["scheduler"])
+            run.start, run.best = int(state["step"]), dict(state["best"])
             if ctx.main:
-                print(f"flowclas train: resuming {self.run_dir} at step {start}/{cfg.optim.steps}", file=sys.stderr)
-        model: nn.Module = LossModule(net, cfg)
+                log.info("resuming %s at step %d/%d", self.run_dir, run.start, cfg.optim.steps)
+        run.model = LossModule(run.net, cfg)
         if ctx.world > 1:
-            model = DistributedDataParallel(
-                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            run.model = DistributedDataParallel(
+                run.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                 find_unused_parameters=cfg.objective.name != "flowclas",
             )
-        loader = DataLoader(
-            train_set,
-            batch_sampler=StepBatches(len(train_set), cfg.optim.batch_size, cfg.run.seed, start, cfg.optim.steps,
+        run.tic = time.perf_counter()
+
+    def _loader(self, run: _Run) -> DataLoader:
+        """This process's share of the remaining steps' batches."""
+        cfg, ctx = self.config, self.ctx
+        return DataLoader(
+            run.train_set,
+            batch_sampler=StepBatches(len(run.train_set), cfg.optim.batch_size, cfg.run.seed, run.start, cfg.optim.steps,
                                       ctx.rank, ctx.world),
             num_workers=cfg.data.workers,
             persistent_workers=cfg.data.workers > 0,
         )
-        train_log = CsvLog(self.logs / "train.csv", ["step", "loss", "ml", "contrastive", "outlier_nll", "lr", "seconds"]) if ctx.main else None
-        val_log = CsvLog(self.logs / "val.csv", ["step", "ap", "auprc_trapz", "fpr95", "auroc"]) if ctx.main else None
-        board = _tensorboard(self.logs) if ctx.main else None
-        bar = self._bar(start)
-        tic = time.perf_counter()
-        try:
-            for step, batch in enumerate(loader, start=start):
-                generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step * 101 + ctx.rank)
-                with autocast(ctx, cfg.optim.precision):
-                    loss, parts = model(_move(batch, ctx.device), generator)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {float(loss)} at step {step}; lower optim.lr or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                done = step + 1
-                if done % cfg.run.log_every == 0 or done == cfg.optim.steps:
-                    row = {"step": done, **self._global_mean({"loss": float(loss.detach()), **parts}),
-                           "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - tic}
-                if train_log and (done % cfg.run.log_every == 0 or done == cfg.optim.steps):
-                    train_log.write(row)
-                    if board:
-                        for k in ("loss", "ml", "contrastive", "outlier_nll", "lr"):
-                            board.add_scalar(f"train/{k}", row[k], done)
-                if bar:
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
-                    bar.update(1)
-                if len(val_set) and (done % cfg.run.val_every == 0 or done == cfg.optim.steps):
-                    best = self._validate(net, val_set, done, best, val_log, board)
-                if done % cfg.run.checkpoint_every == 0 or done == cfg.optim.steps:
-                    self._checkpoint(last, net, optimizer, scheduler, done, best)
-                if self.on_step:
-                    self.on_step(done)
-        except KeyboardInterrupt:
-            if bar:
-                bar.close()
-            raise
-        if bar:
-            bar.close()
-        if board:
-            board.close()
-        return self._finish(net, val_set, best)
+
+    def _step(self, run: _Run, step: int, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """One optimiser step; returns the loss and its parts."""
+        cfg, ctx = self.config, self.ctx
+        generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step * 101 + ctx.rank)
+        with autocast(ctx, cfg.optim.precision):
+            loss, parts = run.model(_move(batch, ctx.device), generator)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {float(loss)} at step {step}; lower optim.lr or check the data")
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(run.net.parameters(), cfg.optim.grad_clip)
+        run.optimizer.step()
+        run.scheduler.step()
+        return loss, parts
+
+    def _after_step(self, run: _Run, done: int, loss: Tensor, parts: dict[str, float]) -> None:
+        """Periodic hooks after step ``done``: log, progress, validate, checkpoint."""
+        cfg = self.config
+        last = done == cfg.optim.steps
+        if done % cfg.run.log_every == 0 or last:
+            row = {"step": done, **self._global_mean({"loss": float(loss.detach()), **parts}),
+                   "lr": run.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - run.tic}
+            if run.train_log:
+                run.train_log.write(row)
+            if run.board:
+                for k in ("loss", "ml", "contrastive", "outlier_nll", "lr"):
+                    run.board.add_scalar(f"train/{k}", row[k], done)
+        if run.bar:
+            run.bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+            run.bar.update(1)
+        if len(run.val_set) and (done % cfg.run.val_every == 0 or last):
+            run.best = self._validate(run.net, run.val_set, done, run.best, run.val_log, run.board)
+        if done % cfg.run.checkpoint_every == 0 or last:
+            self._checkpoint(self.checkpoints / "last.pt", run.net, run.optimizer, run.scheduler, done, run.best)
+        if self.on_step:
+            self.on_step(done)
 
     def _global_mean(self, values: dict[str, float]) -> dict[str, float]:
         """Average logged values over processes (each saw an equal share of the global batch)."""
