@@ -14,15 +14,22 @@ mcap tools read anyway).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 from rosbags.highlevel import AnyReader, AnyReaderError
-from rosbags.interfaces import Connection, MessageDefinitionFormat, Qos, QosDurability, QosHistory, QosLiveliness
-from rosbags.interfaces import QosReliability, QosTime
+from rosbags.interfaces import (
+    Connection,
+    MessageDefinitionFormat,
+    Qos,
+    QosDurability,
+    QosHistory,
+    QosLiveliness,
+    QosReliability,
+    QosTime,
+)
 from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore

@@ -35,10 +35,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from flowclas_ros.deploy.shapes import parse_size
 from flowclas_ros.errors import UserError
 
 log = logging.getLogger(__name__)
-from flowclas_ros.deploy.shapes import parse_size
 
 DEFAULT_BACKENDS = "torch,torch-export,onnxruntime,tensorrt"
 
@@ -92,8 +92,9 @@ def _options(args: BenchOptions) -> tuple[list[str], list[int]]:
 
 def machine_info() -> dict:
     """CPU, cores, OS, Python, GPU and library versions."""
-    import torch
     from importlib.metadata import PackageNotFoundError, version
+
+    import torch
 
     cpu = platform.processor() or platform.machine()
     try:

@@ -19,7 +19,7 @@ another waits. The clock is simulated from each frame's measured processing time
 than slept, so the replay runs as fast as the model and its drops are deterministic given
 those times. OUT/replay.json reports counts, drop rate, latency percentiles (arrival to
 publish), mean milliseconds per pipeline stage and throughput. Everything streams: memory
-stays flat over long bags (measured: the same peak RSS for 300 and 3000 frames).
+stays flat over long bags (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -347,11 +347,11 @@ def replay(args: ReplayOptions, progress: bool = True) -> ReplayResult:
     from tqdm import tqdm
 
     from flowclas_ros.bagio import COMPRESSED_IMAGE, IMAGE, BagWriter, open_bag, topic_types, typestore
-    from flowclas_ros.runtime.stats import FrameStats
     from flowclas_ros.runtime.detector import Detector
     from flowclas_ros.runtime.messages import rosbags_factory
     from flowclas_ros.runtime.pipeline import FramePipeline
     from flowclas_ros.runtime.smoothing import build_smoother
+    from flowclas_ros.runtime.stats import FrameStats
 
     args.check()
     truth_folder = FolderTruth(args.gt_folder) if args.gt_folder else None

@@ -7,12 +7,13 @@ With use_compressed the node subscribes to ``<image_topic>/compressed`` (image_t
 name). Outputs are published under the node: ``[namespace/]anomaly_score`` etc.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 
 def generate_launch_description() -> LaunchDescription:

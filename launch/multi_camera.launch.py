@@ -10,12 +10,13 @@ on one executor, sharing the loaded model. Camera ``NS`` is read from ``/NS/<ima
 etc. The parameter file applies to every camera.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 
 def _detector_process(context):

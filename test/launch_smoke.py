@@ -7,7 +7,6 @@ frames and expects every output topic, each carrying the input header.
 import time
 import unittest
 
-import launch
 import launch_testing.actions
 import numpy as np
 import pytest
@@ -18,6 +17,8 @@ from launch_ros.actions import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
+
+import launch
 
 
 @pytest.mark.launch_test

@@ -11,18 +11,17 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_head, small_config
 
-from flowclas_ros.model import EncoderConfig, FlowCLASNet, FlowConfig, save_bundle
 from flowclas_ros.deploy import cache
 from flowclas_ros.deploy.archive import load_program, save_program
 from flowclas_ros.deploy.cache import MANIFEST, ensure_artefact, library_versions
 from flowclas_ros.deploy.compile import Fp32Island, mixed_precision
 from flowclas_ros.deploy.errors import ArtefactError
 from flowclas_ros.deploy.shapes import InputShape
+from flowclas_ros.model import EncoderConfig, FlowCLASNet, FlowConfig, save_bundle
 from flowclas_ros.runtime import Detector
 from flowclas_ros.runtime.backends import BackendError, create_backend, tensorrt_unavailable
-
-from conftest import randomize_head, small_config
 
 ATOL = 1e-4
 

@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
+from conftest import randomize_head, small_config
 
 from flowclas_ros.commands.main import main
 from flowclas_ros.model import EncoderConfig, FlowCLASNet, FlowConfig, save_bundle
-
-from conftest import randomize_head, small_config
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ import pickle
 
 import pytest
 import torch
+from conftest import randomize_head, small_config
 from safetensors.torch import save_file
 
 from flowclas_ros.model import BundleError, FlowCLASNet, load_bundle, save_bundle
 from flowclas_ros.model.bundle import CONFIG_FILE, WEIGHTS_FILE
-
-from conftest import randomize_head, small_config
 
 
 def test_round_trip_is_bit_identical(tmp_path, small_net):

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowclas_ros.errors import UserError
 from flowclas_ros.commands import prepare_coco as prepare_coco_command
-from flowclas_ros.training import coco
+from flowclas_ros.errors import UserError
 from flowclas_ros.training.coco import ALLO_EXTRA_CLASSES, CITYSCAPES_CLASSES, prepare_coco, rle_counts, rle_mask
 from flowclas_ros.training.datasets import build_dataset
 

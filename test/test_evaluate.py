@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from flowclas_ros.commands import eval as evaluate_command
 from flowclas_ros.errors import UserError
 from flowclas_ros.metrics import BinnedMetrics, exact_metrics
 from flowclas_ros.model import save_bundle
 from flowclas_ros.runtime import Detector
-from flowclas_ros.commands import eval as evaluate_command
 from flowclas_ros.training.evaluate import evaluate
 
 H, W = 48, 64

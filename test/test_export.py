@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import randomize_head, small_config
 
 from flowclas_ros.model import EncoderConfig, FlowCLASNet
-
-from conftest import randomize_head, small_config
 
 VIT_S = EncoderConfig(name="dinov2_vits14", layers=[2, 3], weights=None, input_size=(64, 100))
 

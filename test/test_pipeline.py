@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_head, small_config
 from PIL import Image
 from rosbags.typesys import Stores, get_typestore
 
-from conftest import randomize_head, small_config
 from flowclas_ros.model import FlowCLASNet, save_bundle
 from flowclas_ros.runtime import Detector
 from flowclas_ros.runtime.codecs import decode_image, decode_mask

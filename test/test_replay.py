@@ -17,10 +17,10 @@ from rosbags.typesys import get_typestore
 
 from flowclas_ros import bagio, replay
 from flowclas_ros.commands import replay as replay_command
-from flowclas_ros.synthetic.camera_bag import write_camera_bag
 from flowclas_ros.errors import UserError
-from flowclas_ros.runtime.scheduling import KeepLatestScheduler
 from flowclas_ros.model import save_bundle
+from flowclas_ros.runtime.scheduling import KeepLatestScheduler
+from flowclas_ros.synthetic.camera_bag import write_camera_bag
 
 H, W = 48, 64
 FRAMES = 6

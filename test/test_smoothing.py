@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from flowclas_ros.runtime.smoothing import (
-    SmoothingError,
     ConnectedComponents,
     Smoother,
+    SmoothingError,
     Superpixels,
     build_smoother,
     smooth_labels,

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import small_config
 from PIL import Image
 
 from flowclas_ros.model import load_bundle
-from conftest import small_config
 from flowclas_ros.training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from flowclas_ros.training.objectives import ObjectiveConfig
 from flowclas_ros.training.trainer import load_checkpoint, lr_factor, parameter_groups, train

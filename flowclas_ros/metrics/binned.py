@@ -8,8 +8,8 @@ Memory is 2 x N counts whatever the pixel count, and the state sums across proce
 
 Why not torchmetrics' ``BinaryPrecisionRecallCurve(thresholds=N)``: its state is the same
 N confusion matrices, but its update compares every pixel with every threshold (O(pixels x
-N); 1.3 s for one megapixel at N = 2000 here) where a histogram needs one bucketize
-(O(pixels log N); 0.035 s). The counts are identical (tested).
+N)) where a histogram needs one bucketize (O(pixels log N); timings in benchmarks/README.md).
+The counts are identical (tested).
 
 Squashing (method.md 2.5 and supplement 7.1): the network already maps its raw score into
 [0, 1] as the bundle's ``squash`` setting says, so scores from ``FlowCLASNet`` and

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from flowclas_ros.vocabulary import Label
 
 VOID = int(Label.VOID)

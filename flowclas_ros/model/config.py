@@ -8,9 +8,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowclas_ros.errors import FlowclasError
 from flowclas_ros.model.encoders.base import EncoderConfig
 from flowclas_ros.model.encoders.efficientnet import LITE_MEAN, LITE_STD
-from flowclas_ros.errors import FlowclasError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -20,9 +20,7 @@ import copy
 import sys
 import threading
 import time
-from collections.abc import Sequence
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult

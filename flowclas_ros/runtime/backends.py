@@ -20,15 +20,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from flowclas_ros.model.bundle import load_bundle, read_bundle_config
 from flowclas_ros.deploy.archive import load_program
 from flowclas_ros.deploy.cache import ensure_artefact, read_manifest
 from flowclas_ros.deploy.compile import load_tensorrt
 from flowclas_ros.deploy.errors import ArtefactError
 from flowclas_ros.deploy.shapes import InputShape
-from flowclas_ros.model.precision import PRECISIONS
-from flowclas_ros.model.network import FlowCLASNet
 from flowclas_ros.errors import FlowclasError
+from flowclas_ros.model.bundle import load_bundle, read_bundle_config
+from flowclas_ros.model.network import FlowCLASNet
+from flowclas_ros.model.precision import PRECISIONS
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from flowclas_ros.errors import FlowclasError
 from flowclas_ros.vocabulary import MAX_SIDE
 

@@ -18,7 +18,6 @@ from flowclas_ros.runtime.hazards import Hazard, find_hazards
 from flowclas_ros.vocabulary import MAX_SIDE
 
 
-
 @dataclass
 class Detection:
     """Result for one frame: ``score`` float32 H x W in [0, 1], ``mask`` bool H x W."""

@@ -36,7 +36,7 @@ def find_hazards(mask: np.ndarray, score: np.ndarray, min_area: int = 0) -> list
     if count == 0:
         return []
     # bincount / maximum.at over the labelled pixels only: ndimage.maximum and ndimage.mean
-    # sort the whole image and cost ~10 ms a frame at 480x640
+    # sort the whole image (benchmarks/README.md)
     flat = labels.ravel()
     inside = flat.nonzero()[0]
     ids, values = flat[inside], score.ravel()[inside].astype(np.float64)

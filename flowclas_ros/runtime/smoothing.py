@@ -6,8 +6,7 @@ the scores inside b*. Regions come from a :class:`RegionSource`:
 
 - ``superpixels`` (default): scikit-image SLIC with 5 iterations on a frame subsampled so its
   longer side is at most ``max_side`` = 256 pixels, labels upsampled back by nearest neighbour
-  (measured at 480x640 on this machine: Felzenszwalb 310 ms, SLIC 170 ms at full size, ~16 ms
-  subsampled by 3 with 5 iterations);
+  (the fastest of the segmenters tried; timings in benchmarks/README.md);
 - ``components``: the 8-connected components of the thresholded mask;
 - ``sam2``: SAM 2's automatic mask generator (the authors' choice), possibly overlapping masks.
 """

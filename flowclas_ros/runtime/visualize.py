@@ -18,7 +18,7 @@ def heatmap(score: np.ndarray) -> np.ndarray:
 def overlay(frame: np.ndarray, score: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """Frame blended with the heatmap inside the mask, mask outline in bright green (RGB)."""
     out = frame.copy()
-    weight = int(round(alpha * 256))  # integer blend of the masked pixels only: ~5x faster than float
+    weight = int(round(alpha * 256))  # integer blend of the masked pixels only (benchmarks/README.md)
     inside = frame[mask].astype(np.uint16)
     out[mask] = ((256 - weight) * inside + weight * heatmap(score[mask]).astype(np.uint16)) >> 8
     edge = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(mask.shape) // 240))

@@ -10,7 +10,6 @@ from pathlib import Path
 from flowclas_ros.errors import UserError
 from flowclas_ros.synthetic.objects import SPLITS, sources
 from flowclas_ros.synthetic.samples import ANOMALY, INLIER, OBJECT, VOID, preview, sequence, write_dataset
-from flowclas_ros.synthetic.scenes import DOMAINS
 
 
 @dataclass

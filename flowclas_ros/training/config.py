@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from flowclas_ros.model.config import ConfigError, ModelConfig, dataclass_from_dict, apply_overrides, with_head_defaults
+from flowclas_ros.model.config import ConfigError, ModelConfig, apply_overrides, dataclass_from_dict, with_head_defaults
 from flowclas_ros.training.objectives import ObjectiveConfig
 
 RECIPES = Path(__file__).parent / "recipes"

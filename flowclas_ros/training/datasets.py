@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from flowclas_ros.images import IMAGE_SUFFIXES, read_rgb
 from flowclas_ros.errors import UserError
+from flowclas_ros.images import IMAGE_SUFFIXES, read_rgb
 from flowclas_ros.vocabulary import Label
 
 INLIER, ANOMALY, OBJECT, IGNORE = (int(v) for v in (Label.INLIER, Label.ANOMALY, Label.OBJECT, Label.VOID))

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from flowclas_ros.errors import UserError
 
 EXACT_MAX_PIXELS = 50_000_000  # about 200 MB of float32 scores, a few seconds of sorting
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -69,8 +68,8 @@ class LossModule(nn.Module):
         self.net = net
         self.objective = config.objective
         self.multiple = net.encoder.pad_multiple
-        # a CPU encodes small batches much faster per image (2 threads at 240x320: 11 ms an
-        # image in pairs, 55 ms in a batch of 16); a GPU wants the whole batch at once
+        # a CPU encodes small batches much faster per image (benchmarks/README.md); a GPU
+        # wants the whole batch at once
         self.chunk = 2 if next(net.parameters()).device.type == "cpu" else 0
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:

@@ -1,5 +1,9 @@
 """Frozen feature encoders, built by name through one registry."""
 
+from flowclas_ros.model.encoders import dinov2 as _dinov2  # noqa: F401,E402
+
+# Importing the modules registers their encoders.
+from flowclas_ros.model.encoders import efficientnet as _efficientnet  # noqa: F401,E402
 from flowclas_ros.model.encoders.base import (
     Encoder,
     EncoderConfig,
@@ -8,10 +12,6 @@ from flowclas_ros.model.encoders.base import (
     build_encoder,
     register_encoder,
 )
-
-# Importing the modules registers their encoders.
-from flowclas_ros.model.encoders import efficientnet as _efficientnet  # noqa: F401,E402
-from flowclas_ros.model.encoders import dinov2 as _dinov2  # noqa: F401,E402
 
 __all__ = [
     "Encoder",

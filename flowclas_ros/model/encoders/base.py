@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
+
 from flowclas_ros.errors import FlowclasError
 
 
