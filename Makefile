@@ -7,7 +7,7 @@ STAMP := $(VENV)/.flowclas-installed
 # set TORCH_SPEC= (empty) so this step keeps it.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test demo clean
+.PHONY: install lint test demo clean
 
 install: $(STAMP)
 
@@ -18,7 +18,13 @@ $(STAMP): setup.py setup.cfg
 	$(PY) -m pip install --quiet -e '.[test,export]'
 	touch $@
 
-test: $(STAMP)
+# ruff (pyflakes, pycodestyle, import order, public docstrings) on the tree; mypy on the
+# model, runtime and metrics packages (mypy.ini).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q test
 
 demo: $(STAMP)

@@ -15,9 +15,7 @@ from flowclas_ros.runtime.codecs import (
     MessageError,
     decode_image,
     decode_mask,
-    encode_mask,
-    encode_overlay,
-    encode_score,
+    encode_image,
 )
 
 H, W = 23, 34  # odd height, even width (4:2:2 needs it), small enough to be instant
@@ -180,13 +178,13 @@ def test_strided_data_array_is_accepted():
 
 def test_encoders_round_trip():
     score = RNG.random((H, W), dtype=np.float32)
-    enc = encode_score(score)
+    enc = encode_image(score, "32FC1")
     assert (enc.encoding, enc.height, enc.width, enc.step) == ("32FC1", H, W, W * 4)
     np.testing.assert_array_equal(enc.data.view(np.float32).reshape(H, W), score)
     mask = score > 0.5
-    enc = encode_mask(mask)
+    enc = encode_image(mask.view(np.uint8) * np.uint8(255), "mono8")
     assert (enc.encoding, enc.step) == ("mono8", W)
     np.testing.assert_array_equal(decode_mask(SimpleNamespace(**vars(enc))), mask * 255)
-    enc = encode_overlay(RGB)
+    enc = encode_image(RGB[..., ::-1], "bgr8")
     assert (enc.encoding, enc.step) == ("bgr8", W * 3)
     np.testing.assert_array_equal(decode_image(SimpleNamespace(**vars(enc))), RGB)

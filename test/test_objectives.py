@@ -33,7 +33,7 @@ def test_ml_loss_by_hand():
 
 
 def _supcon_reference(anchors, a_lab, contrast, c_lab, tau):
-    """Straight loops over the formula of method.md section 3."""
+    """Straight loops over the formula of docs/method.md section 3."""
     total, counted = 0.0, 0
     for i in range(len(anchors)):
         sims = [float(np.dot(anchors[i], c)) / tau for c in contrast]

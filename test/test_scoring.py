@@ -1,4 +1,4 @@
-"""Scoring formulas of method.md 2.4-2.5 on hand-computed tensors, and pixel alignment."""
+"""Scoring formulas of docs/method.md 2.4-2.5 on hand-computed tensors, and pixel alignment."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pixel and component metrics of anomaly segmentation (method.md section 5).
+"""Pixel and component metrics of anomaly segmentation (docs/method.md section 5).
 
 One implementation for training validation, ``flowclas eval`` and rosbag replay:
 ``exact_metrics``/``ExactMetrics`` (every pixel, equal to scikit-learn), ``BinnedMetrics``

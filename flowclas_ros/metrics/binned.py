@@ -11,7 +11,7 @@ N confusion matrices, but its update compares every pixel with every threshold (
 N)) where a histogram needs one bucketize (O(pixels log N); timings in benchmarks/README.md).
 The counts are identical (tested).
 
-Squashing (method.md 2.5 and supplement 7.1): the network already maps its raw score into
+Squashing (docs/method.md 2.5 and supplement 7.1): the network already maps its raw score into
 [0, 1] as the bundle's ``squash`` setting says, so scores from ``FlowCLASNet`` and
 ``Detector`` go in unchanged and anything outside [0, 1] is refused rather than squashed per
 batch (a rule like "sigmoid when any score falls outside" would transform different batches

@@ -1,4 +1,4 @@
-"""SegmentMeIfYouCan component-level metrics (method.md section 5).
+"""SegmentMeIfYouCan component-level metrics (docs/method.md section 5).
 
 Per frame: predicted mask = (score >= threshold) outside void; 8-connected components of
 the prediction and of the ground-truth anomaly pixels; predicted components smaller than the

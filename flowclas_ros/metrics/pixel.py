@@ -1,4 +1,4 @@
-"""Exact pixel metrics (method.md section 5) and the input checks every metric shares.
+"""Exact pixel metrics (docs/method.md section 5) and the input checks every metric shares.
 
 Labels: 0 inlier, 1 anomaly, 255 void (dropped). Scores: any real numbers, higher = more
 anomalous. The curve follows scikit-learn: one operating point per distinct score, a pixel

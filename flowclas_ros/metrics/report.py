@@ -1,4 +1,4 @@
-"""Reporting: fractions to the papers' percentages, and ``metrics.json`` (architecture.md)."""
+"""Reporting: fractions to the papers' percentages, and ``metrics.json`` (docs/design.md)."""
 
 from __future__ import annotations
 

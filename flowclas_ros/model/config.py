@@ -12,9 +12,6 @@ from flowclas_ros.errors import FlowclasError
 from flowclas_ros.model.encoders.base import EncoderConfig
 from flowclas_ros.model.encoders.efficientnet import LITE_MEAN, LITE_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 HEADS = ("flowclas", "fastflow")
 SCORE_VARIANTS = ("prob", "logp")
 SQUASHES = ("clamp", "sigmoid")
@@ -26,7 +23,7 @@ class ConfigError(FlowclasError):
 
 @dataclass
 class FlowConfig:
-    """Flow head settings (method.md 2.3-2.4). ``learnable_base`` False = standard normal."""
+    """Flow head settings (docs/method.md 2.3-2.4). ``learnable_base`` False = standard normal."""
 
     steps: int = 16
     subnet: str = "residual"

@@ -1,4 +1,4 @@
-"""The fully convolutional normalizing flow of FlowCLAS (method.md, section 2.3).
+"""The fully convolutional normalizing flow of FlowCLAS (docs/method.md, section 2.3).
 
 Hand-written instead of taken from FrEIA or normflows: we need one-sided couplings with the
 authors' exact clamp and subnets, per-sample log-determinants, an exact inverse for tests,

@@ -67,7 +67,7 @@ class FlowCLASNet(nn.Module):
         return [flow(norm(f)) for f, norm, flow in zip(feats, self.norms, self.flows)]
 
     def raw_score(self, x: Tensor) -> Tensor:
-        """Unsquashed score map ``B x H x W`` (method.md 2.5) for a normalised batch."""
+        """Unsquashed score map ``B x H x W`` (docs/method.md 2.5) for a normalised batch."""
         h, w = x.shape[-2:]
         padded = pad_to_multiple(x, self.encoder.pad_multiple)
         size = padded.shape[-2:]

@@ -289,18 +289,3 @@ def encode_image(array: np.ndarray, encoding: str) -> EncodedImage:
         raise ValueError(f"{encoding} needs an array of shape H x W{'' if channels == 1 else f' x {channels}'}, got {array.shape}")
     h, w = array.shape[:2]
     return EncodedImage(h, w, encoding, not _LITTLE_HOST and array.itemsize > 1, w * channels * array.itemsize, array.reshape(-1).view(np.uint8))
-
-
-def encode_score(score: np.ndarray) -> EncodedImage:
-    """Score map (H x W, [0, 1]) -> 32FC1."""
-    return encode_image(score, "32FC1")
-
-
-def encode_mask(mask: np.ndarray) -> EncodedImage:
-    """Boolean mask -> mono8 with 0 / 255."""
-    return encode_image(np.asarray(mask, dtype=bool).view(np.uint8) * np.uint8(255), "mono8")
-
-
-def encode_overlay(rgb: np.ndarray) -> EncodedImage:
-    """RGB picture -> bgr8 (one copy to reorder the channels)."""
-    return encode_image(rgb[..., ::-1], "bgr8")

@@ -1,4 +1,4 @@
-"""Mask-based score smoothing (method.md section 2 item 6; the FlowCLAS supplement's Algorithm 1).
+"""Mask-based score smoothing (docs/method.md section 2 item 6; the FlowCLAS supplement's Algorithm 1).
 
 For every region M: histogram the scores inside M into N = 20 equal bins over their min..max,
 take the fullest bin b*, and set every pixel of M whose score lies outside b* to the mean of

@@ -1,4 +1,4 @@
-"""``flowclas prepare-coco``: COCO train2017 -> outlier sources the Meta-OoD way (method.md section 3).
+"""``flowclas prepare-coco``: COCO train2017 -> outlier sources the Meta-OoD way (docs/method.md section 3).
 
 Images that contain a class of the inlier domain are dropped (by category name), as are
 images under ``--min-side`` (480) pixels on a side and images without any annotated object.

@@ -1,4 +1,4 @@
-"""Image datasets in the layouts of method.md section 6 and architecture.md "Dataset layouts".
+"""Image datasets in the layouts of docs/method.md section 6 and docs/design.md "Dataset layouts".
 
 ``build_dataset(name, root, split, **options)`` returns a sequence of
 ``(image H x W x 3 uint8 RGB, labels H x W uint8, name)`` with one label convention per split:
@@ -228,7 +228,7 @@ def _limit(entries: list, max_images: int | None) -> list:
 
 
 def folder_dataset(root: Path, split: str, max_images: int | None = None, ignore_background: bool = False) -> FileDataset:
-    """architecture.md layout: ``ROOT/{train,test}/images`` + ``masks/<stem>.png``; outliers: ``OUTLIERS/images`` + ``OUTLIERS/masks``.
+    """docs/design.md layout: ``ROOT/{train,test}/images`` + ``masks/<stem>.png``; outliers: ``OUTLIERS/images`` + ``OUTLIERS/masks``.
 
     Training masks are optional per image (255 ignore, anything else inlier; no mask = all
     inlier); test and outlier masks are required. ``ignore_background``: outlier background 0 -> 255.

@@ -1,6 +1,6 @@
 """Evaluation (``flowclas eval``): pixel (and optionally component) metrics of a bundle on a test set.
 
-Writes into ``--output``: ``metrics.json`` (percentages, architecture.md), ``pr_curve.png``,
+Writes into ``--output``: ``metrics.json`` (percentages, docs/design.md), ``pr_curve.png``,
 ``roc_curve.png``, ``score_histogram.png`` and ``overlays/<name>.png`` for the first few
 frames. Pixel metrics are exact (every pixel, equal to scikit-learn) while the non-void
 pixel count stays within ``--exact-max-pixels``, binned beyond it; the curves and the

@@ -1,4 +1,4 @@
-"""Training objectives of method.md sections 3-4, as functions of the network's outputs.
+"""Training objectives of docs/method.md sections 3-4, as functions of the network's outputs.
 
 Labels follow the training convention: 0 inlier, 1 outlier (pasted object), 255 ignore.
 All losses take per-scale latents ``(z, logdet)`` from ``FlowCLASNet.latents`` and labels at
@@ -27,7 +27,7 @@ def labels_to_grid(labels: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def ml_loss(z: Tensor, logdet: Tensor, base: DiagonalGaussian, labels: Tensor) -> Tensor:
-    """Maximum-likelihood loss of one scale over inlier pixels (method.md section 3).
+    """Maximum-likelihood loss of one scale over inlier pixels (docs/method.md section 3).
 
     Per sample: the training log-density summed over inlier pixels plus the total log-det
     scaled by the fraction of inlier pixels, negated; then the mean over the batch.
@@ -53,7 +53,7 @@ def contrastive_loss(
     max_samples: int = 512,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Pixel InfoNCE in supervised-contrastive form (method.md section 3).
+    """Pixel InfoNCE in supervised-contrastive form (docs/method.md section 3).
 
     ``emb_*``: unit-norm embeddings ``B x D x h x w``; ``labels_*``: labels at image size.
     Anchors are up to K outlier and K inlier pixels of the mixed images; the contrast set is
@@ -154,7 +154,7 @@ def compute_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """The selected objective summed over scales; returns (loss, its parts as floats).
 
-    The encoder sees ``x_mix`` and ``x_out`` in one batch (method.md section 3); inputs are
+    The encoder sees ``x_mix`` and ``x_out`` in one batch (docs/method.md section 3); inputs are
     normalised and already padded to the encoder's multiple; ``chunk`` as in
     ``FlowCLASNet.features``.
     """

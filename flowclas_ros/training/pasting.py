@@ -1,4 +1,4 @@
-"""Outlier pasting (method.md section 3): a mixed-content image and the outlier view.
+"""Outlier pasting (docs/method.md section 3): a mixed-content image and the outlier view.
 
 Labels: 0 inlier, 1 outlier, 255 ignore. Outlier source masks: 254 object, 0 background,
 255 ignore (COCO prepared the Meta-OoD way).

@@ -64,7 +64,6 @@ __all__ = [
 ]
 
 PATCH_SIZE = 14
-PRETRAIN_GRID = 37  # 518 / 14 tokens per side at pretraining
 NUM_REGISTERS = 4
 LN_EPS = 1e-6
 
