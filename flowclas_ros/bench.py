@@ -177,6 +177,7 @@ def time_round_robin(cases: dict[str, callable], warmup: int, iters: int, progre
 
 
 def summarise(seconds: list[float], batch: int) -> dict:
+    """Percentiles (ms) and throughput (frames/s) of timed calls on batches of ``batch``."""
     import numpy as np
 
     ms = np.asarray(seconds) * 1000

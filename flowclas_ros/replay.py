@@ -101,9 +101,11 @@ class StampMatcher:
         self.truths: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def add_score(self, stamp: int, score: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Add a score map; the ``(score, truth)`` pair when its truth is already here."""
         return self._add(stamp, score, self.scores, self.truths, first_is_score=True)
 
     def add_truth(self, stamp: int, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Add a ground-truth mask; the ``(score, truth)`` pair when its score is already here."""
         return self._add(stamp, truth, self.truths, self.scores, first_is_score=False)
 
     def _add(self, stamp, value, mine: OrderedDict, theirs: OrderedDict, first_is_score: bool):
@@ -128,6 +130,7 @@ class FolderTruth:
             raise UserError(f"no .png masks in ground-truth folder {self.folder}")
 
     def get(self, stamp_ns: int, index: int) -> np.ndarray | None:
+        """The mask for a frame by stamp, else by index; None when there is none."""
         from PIL import Image
 
         for path in (self.folder / f"{stamp_ns}.png", self.folder / f"{index:06d}.png"):
@@ -151,6 +154,7 @@ class Evaluation:
         self.num_images = self.mismatched = 0
 
     def add(self, score: np.ndarray, truth: np.ndarray) -> None:
+        """Count one frame's pixels (frames whose truth has another size are skipped and counted)."""
         if truth.shape != score.shape:
             if not self.mismatched:
                 log.warning("ground truth %s differs from frame %s; such frames are not evaluated",
@@ -292,6 +296,7 @@ class Replay:
             self.next_diagnostics += DIAGNOSTICS_PERIOD_NS
 
     def write_diagnostics(self, now_ns: int) -> None:
+        """Write a DiagnosticArray of the current statistics at ``now_ns``."""
         from flowclas_ros.bagio import ns_to_stamp
 
         types = self.bag.store.types

@@ -100,6 +100,7 @@ def check_shape(net: FlowCLASNet, shape: InputShape) -> None:
 
 
 def dynamic_dims(shape: InputShape, multiple: int) -> dict[int, Any]:
+    """``torch.export`` dims for the dynamic axes of ``shape`` (H and W in steps of ``multiple``)."""
     dims: dict[int, Any] = {}
     if shape.batch[0] != shape.batch[2]:
         dims[0] = torch.export.Dim("batch", min=shape.batch[0], max=shape.batch[2])

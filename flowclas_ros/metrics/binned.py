@@ -71,6 +71,7 @@ class BinnedMetrics:
         return torch.bincount(index, minlength=self.bins).cpu()
 
     def reset(self) -> None:
+        """Forget every pixel seen so far."""
         self._counts.zero_()
 
     def state(self) -> torch.Tensor:
@@ -94,14 +95,17 @@ class BinnedMetrics:
 
     @property
     def num_inlier(self) -> int:
+        """Inlier pixels seen."""
         return int(self._counts[INLIER].sum())
 
     @property
     def num_anomaly(self) -> int:
+        """Anomalous pixels seen."""
         return int(self._counts[ANOMALY].sum())
 
     @property
     def num_pixels(self) -> int:
+        """Non-void pixels seen."""
         return self.num_inlier + self.num_anomaly
 
     def histograms(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -114,6 +114,7 @@ class ExactMetrics:
 
     @property
     def num_pixels(self) -> int:
+        """Non-void pixels held."""
         return self.num_anomaly + self.num_inlier
 
     def update(self, scores, labels) -> None:

@@ -100,6 +100,7 @@ class ModelConfig:
 
 
 def dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
+    """The dataclass ``cls`` from a mapping, every value checked against its type hint; ConfigError names ``where``."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)

@@ -197,6 +197,7 @@ class DetectorNode(Node):
         return SetParametersResult(successful=True)
 
     def destroy_node(self) -> None:
+        """Stop the worker thread, then destroy the node."""
         self.slot.close()
         self.worker.join(timeout=5.0)
         super().destroy_node()

@@ -53,7 +53,8 @@ class Backend(ABC):
     multiple: int = 1
 
     @abstractmethod
-    def __call__(self, x: Tensor) -> Tensor: ...
+    def __call__(self, x: Tensor) -> Tensor:
+        """Score maps ``B x H x W`` for a normalised ``B x 3 x H x W`` batch."""
 
     def check_input(self, x: Tensor) -> None:
         """Raise BackendError when ``x`` does not fit ``shape``."""
@@ -80,6 +81,7 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def __call__(self, x: Tensor) -> Tensor:
+        """Score maps ``B x H x W`` for a normalised ``B x 3 x H x W`` batch."""
         self.check_input(x)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             return self.net(x).float()
@@ -97,6 +99,7 @@ class ExportBackend(Backend):
 
     @torch.inference_mode()
     def __call__(self, x: Tensor) -> Tensor:
+        """Score maps ``B x H x W`` for a normalised ``B x 3 x H x W`` batch."""
         self.check_input(x)
         return self.module(x)
 
@@ -136,6 +139,7 @@ class OnnxRuntimeBackend(Backend):
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: Tensor) -> Tensor:
+        """Score maps ``B x H x W`` for a normalised ``B x 3 x H x W`` batch."""
         self.check_input(x)
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         (out,) = self.session.run(None, {self.input_name: array})
@@ -155,6 +159,7 @@ class TensorRTBackend(Backend):
 
     @torch.inference_mode()
     def __call__(self, x: Tensor) -> Tensor:
+        """Score maps ``B x H x W`` for a normalised ``B x 3 x H x W`` batch."""
         self.check_input(x)
         return self.module(x.to(self.device, self.dtype)).float()
 

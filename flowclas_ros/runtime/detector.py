@@ -111,6 +111,7 @@ class Detector:
 
     @property
     def threshold(self) -> float:
+        """The mask threshold in use."""
         return self._threshold
 
     @threshold.setter

@@ -99,6 +99,7 @@ class Superpixels:
         self.max_side, self.iterations = int(max_side), int(iterations)
 
     def regions(self, rgb: np.ndarray, score: np.ndarray, threshold: float) -> np.ndarray:
+        """Region labels (or masks) for one frame."""
         from skimage.segmentation import slic
 
         h, w = rgb.shape[:2]
@@ -116,6 +117,7 @@ class ConnectedComponents:
     """8-connected components of the mask ``score >= threshold``."""
 
     def regions(self, rgb: np.ndarray, score: np.ndarray, threshold: float) -> np.ndarray:
+        """Region labels (or masks) for one frame."""
         labels, _ = ndimage.label(score >= threshold, structure=np.ones((3, 3), bool))
         return labels
 
@@ -136,6 +138,7 @@ class Sam2Masks:
         self.generator = SAM2AutomaticMaskGenerator(model, points_per_side=points_per_side)
 
     def regions(self, rgb: np.ndarray, score: np.ndarray, threshold: float) -> list[np.ndarray]:
+        """Region labels (or masks) for one frame."""
         return [m["segmentation"] for m in self.generator.generate(np.ascontiguousarray(rgb))]
 
 
@@ -146,6 +149,7 @@ class Smoother:
         self.source, self.bins = source, int(bins)
 
     def __call__(self, rgb: np.ndarray, score: np.ndarray, threshold: float) -> np.ndarray:
+        """The score map smoothed over the frame's regions."""
         regions = self.source.regions(rgb, score, threshold)
         if isinstance(regions, np.ndarray) and regions.shape == score.shape:
             return smooth_labels(score, regions, self.bins)

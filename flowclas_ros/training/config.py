@@ -95,6 +95,7 @@ class TrainConfig:
                 raise ConfigError(message)
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain values (for ``RUN/config.yaml``)."""
         return dataclasses.asdict(self)
 
 

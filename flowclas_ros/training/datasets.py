@@ -118,6 +118,7 @@ class ImageSequence(Sequence):
         self.skipped: dict[int, str] = {}
 
     def load(self, index: int) -> Item:
+        """Item ``index``: ``(image, labels, name)``; BadItem when unusable."""
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> Item:
@@ -156,6 +157,7 @@ class FileDataset(ImageSequence):
         return len(self.entries)
 
     def load(self, index: int) -> Item:
+        """Item ``index``: ``(image, labels, name)``; BadItem when unusable."""
         entry = self.entries[index]
         image = read_image(entry.image)
         if entry.mask is None:
@@ -471,6 +473,7 @@ class RosbagDataset(ImageSequence):
         raise BadItem(f"{self.root}: message on {connection.topic} at log time {where.log_time} vanished from the bag")
 
     def load(self, index: int) -> Item:
+        """Item ``index``: ``(image, labels, name)``; BadItem when unusable."""
         from flowclas_ros.runtime.codecs import MessageError, decode_image, decode_mask
 
         image_at, mask_at, name = self.frames[index]

@@ -57,6 +57,7 @@ class Context:
 
     @property
     def main(self) -> bool:
+        """True on the process that writes files and logs."""
         return self.rank == 0
 
 
@@ -73,6 +74,7 @@ class LossModule(nn.Module):
         self.chunk = 2 if next(net.parameters()).device.type == "cpu" else 0
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        """Total loss and its parts for one batch."""
         m = self.multiple
         x_out, y_out = batch.get("x_out"), batch.get("y_out")
         return compute_loss(
@@ -155,6 +157,7 @@ class CsvLog:
                 csv.writer(f).writerow(fields)
 
     def write(self, row: dict) -> None:
+        """Append one row and flush it to disk."""
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([_fmt(row.get(k, "")) for k in self.fields])
 

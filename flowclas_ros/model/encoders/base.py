@@ -51,6 +51,7 @@ class Encoder(nn.Module):
     pad_multiple: int
 
     def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - interface
+        """Feature maps ``B x C_i x h_i x w_i`` of the configured layers for a normalised batch."""
         raise NotImplementedError
 
 

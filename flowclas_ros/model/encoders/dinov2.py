@@ -85,10 +85,12 @@ class ViTSpec:
 
     @property
     def interpolate_offset(self) -> float:
+        """Offset added to the grid size when the position embedding is resized (DINOv2's convention)."""
         return 0.0 if self.registers else 0.1
 
     @property
     def interpolate_antialias(self) -> bool:
+        """Whether the position embedding is resized with antialiasing."""
         return bool(self.registers)
 
 
@@ -305,6 +307,7 @@ class DINOv2Encoder(Encoder):
         self.pad_multiple = PATCH_SIZE
 
     def forward(self, x: Tensor) -> list[Tensor]:
+        """Patch-token maps of the configured blocks, ``B x C x H/14 x W/14`` each."""
         if tuple(x.shape[-2:]) != self.input_size:
             raise ValueError(f"expected input of size {self.input_size}, got {tuple(x.shape[-2:])}")
         tokens = self.vit.embed(x)

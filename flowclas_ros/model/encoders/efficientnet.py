@@ -43,6 +43,7 @@ class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "same" padding (extra pixel at the bottom/right for stride 2)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """The layer's output for ``x``."""
         k, s = self.kernel_size[0], self.stride[0]
         if s == 1:
             x = F.pad(x, [k // 2] * 4)
@@ -78,6 +79,7 @@ class MBConv(nn.Module):
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: Tensor) -> Tensor:
+        """The layer's output for ``x``."""
         h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
         h = F.relu6(self._bn1(self._depthwise_conv(h)))
         h = self._bn2(self._project_conv(h))
@@ -169,6 +171,7 @@ class EfficientNetLite0Encoder(Encoder):
         self.pad_multiple = max(self.strides)
 
     def forward(self, x: Tensor) -> list[Tensor]:
+        """The layer's output for ``x``."""
         x = F.relu6(self.trunk._bn0(self.trunk._conv_stem(x)))
         out = []
         for i, block in enumerate(self.trunk._blocks):
