@@ -15,7 +15,7 @@ PIXEL_KEYS = ("ap", "auprc_trapz", "fpr95", "auroc")
 def as_percentages(metrics: dict) -> dict:
     """A copy with every fraction in ``PERCENT_KEYS`` times 100 (nested dicts included);
     counts, thresholds and None are kept as they are."""
-    out = {}
+    out: dict = {}
     for key, value in metrics.items():
         if isinstance(value, dict):
             out[key] = as_percentages(value)

@@ -73,7 +73,7 @@ def read_bundle_config(directory: str | Path) -> tuple[ModelConfig, dict]:
             f"this flowclas reads version {FORMAT_VERSION}"
         )
     try:
-        config = ModelConfig.from_dict(meta.get("model"))
+        config = ModelConfig.from_dict(meta.get("model") or {})
     except ConfigError as exc:
         raise BundleError(f"invalid model config in {path}: {exc}") from None
     return config, meta

@@ -6,6 +6,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from flowclas_ros.errors import FlowclasError
@@ -129,7 +130,7 @@ def _float(value: Any, where: str) -> float:
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     """Check ``value`` against a type hint, converting lists to tuples and dicts to dataclasses."""
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return dataclass_from_dict(hint, value, where + ".")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -182,7 +183,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_model_config(path: str | None, overrides: list[str] = ()) -> ModelConfig:
+def load_model_config(path: str | None, overrides: Sequence[str] = ()) -> ModelConfig:
     """A ModelConfig from a YAML file (or the defaults) plus ``key=value`` overrides."""
     import yaml
 

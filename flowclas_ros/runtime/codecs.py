@@ -115,10 +115,7 @@ def _raw_view(msg: Any, layout: _Layout) -> np.ndarray:
     buf = _buffer(msg.data)
     if buf.size != step * h:
         raise MessageError(f"data holds {buf.size} bytes but step {step} x height {h} needs {step * h}", "data")
-    if layout.depth == 1:
-        dtype = np.dtype(np.uint8)
-    else:
-        dtype = np.dtype(">u2" if msg.is_bigendian else "<u2")
+    dtype: np.dtype = np.dtype(np.uint8) if layout.depth == 1 else np.dtype(">u2" if msg.is_bigendian else "<u2")
     shape = (h, w, layout.channels)
     strides = (step, layout.channels * layout.depth, layout.depth)
     return np.ndarray(shape, dtype=dtype, buffer=buf, strides=strides)

@@ -76,8 +76,11 @@ class Detector:
             raise ValueError("Detector needs a model, or a backend and its config")
         self.device = torch.device(device)
         self.model = model
-        self.backend = backend if backend is not None else TorchBackend(model, device, precision)
-        config = model.config if model is not None else config
+        if model is not None:
+            config = model.config
+            backend = backend if backend is not None else TorchBackend(model, device, precision)
+        assert backend is not None and config is not None  # checked above
+        self.backend = backend
         shape = self.backend.shape
         self.input_size = tuple(config.encoder.input_size)
         if shape is not None and not shape.accepts(1, *self.input_size):

@@ -153,7 +153,7 @@ class Smoother:
         regions = self.source.regions(rgb, score, threshold)
         if isinstance(regions, np.ndarray) and regions.shape == score.shape:
             return smooth_labels(score, regions, self.bins)
-        return smooth_masks(score, regions, self.bins)
+        return smooth_masks(score, [regions] if isinstance(regions, np.ndarray) else regions, self.bins)
 
 
 SOURCES = {"superpixels": Superpixels, "components": ConnectedComponents, "sam2": Sam2Masks}

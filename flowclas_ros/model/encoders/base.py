@@ -132,7 +132,7 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
             f"(for mmengine checkpoints save the 'state_dict' entry alone): {err}"
         ) from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+        state = state["state_dict"]  # type: ignore[assignment]
     if not isinstance(state, dict):
         raise WeightsError(f"weights in {file} are not a dict of tensors")
     tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}

@@ -210,10 +210,9 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(
             nn.init.trunc_normal_(torch.empty(1, 1 + grid[0] * grid[1], dim), std=0.02)
         )
-        if spec.registers:
-            self.register_tokens = nn.Parameter(torch.empty(1, spec.registers, dim).normal_(std=1e-6))
-        else:
-            self.register_tokens = None
+        self.register_tokens: nn.Parameter | None = (
+            nn.Parameter(torch.empty(1, spec.registers, dim).normal_(std=1e-6)) if spec.registers else None
+        )
         self.blocks = nn.ModuleList(Block(spec) for _ in range(num_blocks))
 
     def embed(self, x: Tensor) -> Tensor:
@@ -337,10 +336,10 @@ def resize_pos_embed(pos: Tensor, grid: tuple[int, int], spec: ViTSpec) -> Tenso
     patch = pos[:, 1:].float().reshape(1, m, m, -1).permute(0, 3, 1, 2)
     if spec.interpolate_offset:
         offset = spec.interpolate_offset
-        size = {"scale_factor": ((grid[0] + offset) / m, (grid[1] + offset) / m)}
+        factor = ((grid[0] + offset) / m, (grid[1] + offset) / m)
+        patch = F.interpolate(patch, scale_factor=factor, mode="bicubic", antialias=spec.interpolate_antialias)
     else:
-        size = {"size": grid}
-    patch = F.interpolate(patch, mode="bicubic", antialias=spec.interpolate_antialias, **size)
+        patch = F.interpolate(patch, size=grid, mode="bicubic", antialias=spec.interpolate_antialias)
     if tuple(patch.shape[-2:]) != grid:
         raise ValueError(f"resized position grid {tuple(patch.shape[-2:])} != {grid}")
     patch = patch.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
@@ -538,6 +537,6 @@ def build_dinov2(config: EncoderConfig) -> DINOv2Encoder:
         if rein is None and any(k.startswith(("backbone.reins.", "reins.")) for k in loaded):
             warnings.warn(f"{path} holds Rein adapters but options['rein'] is not set; they are ignored")
     rein_path = _weights_path(rein.weights, "Rein") if rein else None
-    if rein_path is not None:
+    if rein_path is not None and encoder.reins is not None:
         load_reins(encoder.reins, tensors(rein_path), str(rein_path), spec.depth)
     return encoder
