@@ -1,4 +1,4 @@
-"""The ROS node: its ROS-free logic (flowclas_ros.live, config, launch files) always; a
+"""The ROS node: its ROS-free logic (flowclas_ros.ros.parameters, runtime.scheduling and runtime.stats, config, launch files) always; a
 launch_testing smoke test of the real node where rclpy exists."""
 
 from __future__ import annotations
