@@ -40,7 +40,8 @@ def messages(typestore, rgb: np.ndarray) -> dict[str, object]:
     jpeg = io.BytesIO()
     Image.fromarray(rgb).save(jpeg, format="JPEG", quality=90)
     return {
-        "bgr8": t["sensor_msgs/msg/Image"](header=header, height=h, width=w, encoding="bgr8", is_bigendian=0, step=w * 3, data=bgr),
+        "bgr8": t["sensor_msgs/msg/Image"](header=header, height=h, width=w, encoding="bgr8", is_bigendian=0,
+                                           step=w * 3, data=bgr),
         "bayer_rggb8": t["sensor_msgs/msg/Image"](header=header, height=h, width=w, encoding="bayer_rggb8", is_bigendian=0,
                                                   step=w, data=np.ascontiguousarray(rgb[..., 1]).reshape(-1)),
         "jpeg": t["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg", data=np.frombuffer(jpeg.getvalue(), np.uint8)),

@@ -362,7 +362,8 @@ def run_bench(args: BenchOptions) -> dict:
     names, batches = _options(args)
     net = load_bundle(args.model, device=args.device)
     config = net.config
-    sizes = [parse_size(s) for s in _csv(args.resolutions, "resolutions")] if args.resolutions else [tuple(config.encoder.input_size)]
+    sizes = ([parse_size(s) for s in _csv(args.resolutions, "resolutions")] if args.resolutions
+             else [tuple(config.encoder.input_size)])
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.output)

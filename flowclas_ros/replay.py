@@ -207,7 +207,8 @@ class Replay:
             self.copies[connection.id] = by_topic[key] = copied
         names = FRAME_TOPICS if args.overlay else tuple(t for t in FRAME_TOPICS if t != "anomaly_overlay")
         self.outputs = {
-            name: bag.add(f"{NAMESPACE}/{name}", "vision_msgs/msg/Detection2DArray" if name == "hazards" else "sensor_msgs/msg/Image")
+            name: bag.add(f"{NAMESPACE}/{name}",
+                          "vision_msgs/msg/Detection2DArray" if name == "hazards" else "sensor_msgs/msg/Image")
             for name in names
         }
         self.label_info = bag.add(f"{NAMESPACE}/label_info", "vision_msgs/msg/LabelInfo", LATCHED)

@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coco-root", required=True, help="COCO folder with train2017/ and annotations/instances_train2017.json")
     parser.add_argument("--output", required=True, help="folder to write train2017/ and ood_seg_train2017/ into")
     parser.add_argument("--filter", required=True, choices=sorted(FILTERS), help="inlier domain whose classes are dropped")
-    parser.add_argument("--annotations", default=None, help="instances JSON (default: COCO_ROOT/annotations/instances_train2017.json)")
+    parser.add_argument("--annotations", default=None,
+                        help="instances JSON (default: COCO_ROOT/annotations/instances_train2017.json)")
     parser.add_argument("--min-side", type=int, default=MIN_SIDE, help="drop images shorter than this on a side (pixels)")
     parser.add_argument("--copy", action="store_true", help="copy the kept images instead of symlinking them")
 
@@ -29,5 +30,6 @@ def run(args: argparse.Namespace) -> int:
     total = kept + sum(dropped.values())
     reasons = ", ".join(f"{n} {why}" for why, n in sorted(dropped.items())) or "none"
     print(f"flowclas prepare-coco: kept {kept} of {total} images (filter {args.filter}); dropped: {reasons}")
-    print(f"flowclas prepare-coco: {'images copied' if args.copy else 'image links'} -> {output / 'train2017'}, masks -> {output / 'ood_seg_train2017'}")
+    images = "images copied" if args.copy else "image links"
+    print(f"flowclas prepare-coco: {images} -> {output / 'train2017'}, masks -> {output / 'ood_seg_train2017'}")
     return 0 if kept else 1

@@ -35,7 +35,9 @@ OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "image", "score"
 
 
-def export_program(net: nn.Module, shape: InputShape, multiple: int, dtype: torch.dtype = torch.float32) -> torch.export.ExportedProgram:
+def export_program(
+    net: nn.Module, shape: InputShape, multiple: int, dtype: torch.dtype = torch.float32
+) -> torch.export.ExportedProgram:
     """``torch.export`` the score-map module for ``shape`` (dynamic dimensions via ``Dim``)."""
     device = next(net.parameters()).device
     x = example_input(shape, dtype, device)

@@ -111,7 +111,8 @@ def _raw_view(msg: Any, layout: _Layout) -> np.ndarray:
     row_bytes = w * layout.channels * layout.depth
     step = int(msg.step)
     if step < row_bytes:
-        raise MessageError(f"row step {step} is smaller than width {w} x {layout.channels * layout.depth} bytes per pixel", "step")
+        pixel = layout.channels * layout.depth
+        raise MessageError(f"row step {step} is smaller than width {w} x {pixel} bytes per pixel", "step")
     buf = _buffer(msg.data)
     if buf.size != step * h:
         raise MessageError(f"data holds {buf.size} bytes but step {step} x height {h} needs {step * h}", "data")
@@ -283,6 +284,8 @@ def encode_image(array: np.ndarray, encoding: str) -> EncodedImage:
     array = np.ascontiguousarray(array, dtype=dtype)
     expected_ndim = 2 if channels == 1 else 3
     if array.ndim != expected_ndim or (channels > 1 and array.shape[2] != channels):
-        raise ValueError(f"{encoding} needs an array of shape H x W{'' if channels == 1 else f' x {channels}'}, got {array.shape}")
+        wanted = "H x W" if channels == 1 else f"H x W x {channels}"
+        raise ValueError(f"{encoding} needs an array of shape {wanted}, got {array.shape}")
     h, w = array.shape[:2]
-    return EncodedImage(h, w, encoding, not _LITTLE_HOST and array.itemsize > 1, w * channels * array.itemsize, array.reshape(-1).view(np.uint8))
+    big_endian = not _LITTLE_HOST and array.itemsize > 1
+    return EncodedImage(h, w, encoding, big_endian, w * channels * array.itemsize, array.reshape(-1).view(np.uint8))

@@ -13,7 +13,8 @@ from flowclas_ros.synthetic.render import Light, expose, render, sensor_noise
 from flowclas_ros.synthetic.scenes import DOMAINS, SCENES, check_domain, inlier_image, pick
 from flowclas_ros.vocabulary import Label
 
-INLIER, ANOMALY, VOID, OBJECT = (int(v) for v in (Label.INLIER, Label.ANOMALY, Label.VOID, Label.OBJECT))  # test labels 0/1/255; OBJECT marks outlier folder masks
+# test labels 0/1/255; OBJECT marks outlier folder masks
+INLIER, ANOMALY, VOID, OBJECT = (int(v) for v in (Label.INLIER, Label.ANOMALY, Label.VOID, Label.OBJECT))
 
 
 # --------------------------------------------------------------------------- compositing

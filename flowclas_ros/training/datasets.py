@@ -230,7 +230,8 @@ def _limit(entries: list, max_images: int | None) -> list:
 
 
 def folder_dataset(root: Path, split: str, max_images: int | None = None, ignore_background: bool = False) -> FileDataset:
-    """docs/design.md layout: ``ROOT/{train,test}/images`` + ``masks/<stem>.png``; outliers: ``OUTLIERS/images`` + ``OUTLIERS/masks``.
+    """docs/design.md layout: ``ROOT/{train,test}/images`` + ``masks/<stem>.png``;
+    outliers: ``OUTLIERS/images`` + ``OUTLIERS/masks``.
 
     Training masks are optional per image (255 ignore, anything else inlier; no mask = all
     inlier); test and outlier masks are required. ``ignore_background``: outlier background 0 -> 255.
@@ -439,7 +440,8 @@ class RosbagDataset(ImageSequence):
                 f"rosbag {root}: {len(unpaired)} of {len(images)} frames on {image_topic} have no mask on "
                 f"{mask_topic} with the same header stamp, e.g. stamp {unpaired[0] // 10**9}.{unpaired[0] % 10**9:09d}"
             )
-        self.frames = [(where, masks.get(stamp), f"{i:06d}_{stamp // 10**9}.{stamp % 10**9:09d}") for i, (stamp, where) in enumerate(images)]
+        self.frames = [(where, masks.get(stamp), f"{i:06d}_{stamp // 10**9}.{stamp % 10**9:09d}")
+                       for i, (stamp, where) in enumerate(images)]
 
     def __len__(self) -> int:
         return len(self.frames)

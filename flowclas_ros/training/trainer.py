@@ -367,7 +367,8 @@ class Trainer:
         if values["fpr95"] < best["fpr95"]:
             best = {"fpr95": values["fpr95"], "step": step}
             if self.ctx.main:
-                atomic_save({"version": CHECKPOINT_VERSION, "model": net.state_dict(), "step": step}, self.checkpoints / "best.pt")
+                atomic_save({"version": CHECKPOINT_VERSION, "model": net.state_dict(), "step": step},
+                            self.checkpoints / "best.pt")
         return best
 
     def _checkpoint(self, path: Path, net, optimizer, scheduler, step: int, best: dict) -> None:
