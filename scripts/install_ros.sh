@@ -33,6 +33,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ]; then
   echo "install_ros: ROS 2 Jazzy and vision_msgs already installed in $venv ($(elapsed) s)"
   exit 0
 fi
+rm -f "$stamp"  # from here on the venv changes: no stamp until everything succeeded
 
 step=""
 fail() {
