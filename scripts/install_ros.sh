@@ -190,7 +190,7 @@ echo "install_ros: installing ROS 2 Jazzy wheels into $venv"
 # The ROS wheels put their CMake packages, headers and libraries under the venv prefix;
 # vision_msgs is configured against that prefix and installed into it.
 step="cmake configure of vision_msgs"
-echo "install_ros: building vision_msgs 4.1.1 (log: $log)"
+echo "install_ros: wheels installed ($(elapsed) s); building vision_msgs 4.1.1 (log: $log)"
 export AMENT_PREFIX_PATH="$venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export CMAKE_PREFIX_PATH="$venv${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 export PATH="$venv/bin:$PATH"
