@@ -27,6 +27,11 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q test
 
+# ROS 2 Jazzy from PyPI wheels plus vision_msgs built from third_party/ into $(VENV).
+.PHONY: ros
+ros: $(STAMP)
+	bash scripts/install_ros.sh $(VENV)
+
 demo: $(STAMP)
 	$(VENV)/bin/flowclas demo --output out/demo
 

@@ -1,0 +1,1 @@
+"""Tests that run flowclas_node on a real ROS 2 graph (a package, so its conftest does not shadow test/conftest.py)."""
