@@ -52,8 +52,9 @@ def test_actnorm_initialises_to_zero_mean_unit_variance():
     x = torch.randn(4, 3, 8, 8) * torch.tensor([5.0, 0.1, 2.0]).view(1, 3, 1, 1) + torch.tensor([3.0, -1.0, 0.0]).view(1, 3, 1, 1)
     y, logdet = act(x)
     torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(y.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
-    assert torch.allclose(logdet, act.log_scale.sum() * 64)
+    # the authors' initialisation divides by the unbiased standard deviation
+    torch.testing.assert_close(y.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-4, rtol=0)
+    assert torch.allclose(logdet, -act.log_scale.sum() * 64)
     # Initialised once: a second batch with other statistics does not re-initialise.
     before = act.log_scale.detach().clone()
     act(x * 10)

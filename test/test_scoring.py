@@ -32,8 +32,9 @@ class PlusMinusEncoder(Encoder):
         return out
 
 
-def _net(score="prob", strides=(1, 2), pad_multiple=2, squash="clamp"):
-    config = ModelConfig(flow=FlowConfig(steps=1), score=score, squash=squash, projection_dim=0)
+def _net(score="prob", strides=(1, 2), pad_multiple=2, squash="clamp", mean=None, std=None):
+    extra = {} if mean is None else {"mean": mean, "std": std}
+    config = ModelConfig(flow=FlowConfig(steps=1), score=score, squash=squash, projection_dim=0, **extra)
     return FlowCLASNet(config, encoder=PlusMinusEncoder(strides, pad_multiple)).eval()
 
 
@@ -90,10 +91,13 @@ def test_forward_squashes_into_unit_interval():
     torch.testing.assert_close(sigmoid(x), torch.sigmoid(raw))
 
 
-@pytest.mark.parametrize("size,bump", [((50, 70), (16, 40)), ((50, 70), (40, 56)), ((64, 64), (0, 0))])
+# 50 x 70 pads (centred) to 56 x 72: 3 rows on top, 1 column on the left, so cells of the
+# stride-8 grid start at rows 13, 21, ... and columns 7, 15, ... of the frame
+@pytest.mark.parametrize("size,bump", [((50, 70), (13, 39)), ((50, 70), (37, 55)), ((64, 64), (0, 0))])
 def test_feature_bump_lands_on_its_pixels(size, bump):
     """A feature bump (anomalous cell) scores highest where it is, after padding and cropping."""
-    net = _net(strides=(8,), pad_multiple=8)
+    # mean 0 / std 1: the black padding pixel is 0 in normalised units, like the background
+    net = _net(strides=(8,), pad_multiple=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     x = torch.zeros(1, 3, *size)
     r, c = bump
     x[:, 0, r : r + 8, c : c + 8] = 1.0  # one 8x8 feature cell, aligned with the stride

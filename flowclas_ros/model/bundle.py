@@ -24,7 +24,13 @@ from flowclas_ros.model.encoders import WeightsError
 from flowclas_ros.model.network import FlowCLASNet
 
 FORMAT = "flowclas-bundle"
-FORMAT_VERSION = 1
+# 2: the authors' network (issue 10): ActNorm ``loc``/``log_scale``, the residual subnet
+# without a norm before its output conv and with a normalised skip, LayerNorm eps 1e-5,
+# centred black padding, the optional segmentation head, ``batch_sigmoid`` squashing.
+# Version 1 bundles are refused, not converted: their residual subnets compute a different
+# function (an extra GroupNorm + ReLU before the output conv) that no version 2 weights
+# reproduce, so the only faithful upgrade is retraining.
+FORMAT_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -67,10 +73,17 @@ def read_bundle_config(directory: str | Path) -> tuple[ModelConfig, dict]:
         raise BundleError(f"corrupt bundle config {path}: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"{path} is not a flowclas bundle config (format tag missing)")
-    if meta.get("format_version") != FORMAT_VERSION:
+    found = meta.get("format_version")
+    if found != FORMAT_VERSION:
+        hint = (
+            "; version 1 bundles predate the authors' network (different flow subnet and "
+            "ActNorm) and cannot be converted: retrain with `flowclas train` or re-import with "
+            "`flowclas import-checkpoint`"
+            if found == 1 else ""
+        )
         raise BundleError(
-            f"{path} has bundle format version {meta.get('format_version')!r}; "
-            f"this flowclas reads version {FORMAT_VERSION}"
+            f"{path} has bundle format version {found!r}; this flowclas reads version "
+            f"{FORMAT_VERSION}{hint}"
         )
     try:
         config = ModelConfig.from_dict(meta.get("model") or {})

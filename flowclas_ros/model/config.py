@@ -15,7 +15,7 @@ from flowclas_ros.model.encoders.efficientnet import LITE_MEAN, LITE_STD
 
 HEADS = ("flowclas", "fastflow")
 SCORE_VARIANTS = ("prob", "logp")
-SQUASHES = ("clamp", "sigmoid")
+SQUASHES = ("batch_sigmoid", "clamp", "sigmoid")
 
 
 class ConfigError(FlowclasError):
@@ -48,7 +48,10 @@ class ModelConfig:
     """Everything needed to rebuild the network, plus calibration and provenance.
 
     score: ``prob`` (1 - mean over scales of p) or ``logp`` (-mean of log p);
-    squash: how raw scores are mapped into [0, 1] (``clamp`` or ``sigmoid``);
+    squash: how raw scores are mapped into [0, 1]: ``batch_sigmoid`` (the authors': per
+        forward batch, only when a value leaves [0, 1]), ``clamp`` or ``sigmoid``;
+    seg_classes: > 0 adds the authors' segmentation head (that many classes) on the last
+        scale's latent, trained with ``objective.use_seg``; 0 = none;
     threshold / threshold_fpr: calibrated mask threshold and the inlier FPR it was chosen for.
     """
 
@@ -58,8 +61,9 @@ class ModelConfig:
     head: str = "flowclas"
     flow: FlowConfig = field(default_factory=FlowConfig)
     projection_dim: int = 128
+    seg_classes: int = 0
     score: str = "prob"
-    squash: str = "clamp"
+    squash: str = "batch_sigmoid"
     threshold: float = 0.5
     threshold_fpr: float | None = None
     training: dict = field(default_factory=dict)
@@ -79,6 +83,7 @@ class ModelConfig:
             (self.flow.clamp > 0, f"flow.clamp must be > 0, got {self.flow.clamp}"),
             (self.flow.hidden_ratio > 0, f"flow.hidden_ratio must be > 0, got {self.flow.hidden_ratio}"),
             (self.projection_dim >= 0, f"projection_dim must be >= 0, got {self.projection_dim}"),
+            (self.seg_classes >= 0, f"seg_classes must be >= 0, got {self.seg_classes}"),
             (0.0 <= self.threshold <= 1.0, f"threshold must be in [0, 1], got {self.threshold}"),
             (len(self.mean) == 3 and len(self.std) == 3, "mean and std need 3 values (RGB)"),
             (all(s > 0 for s in self.std), f"std values must be > 0, got {self.std}"),

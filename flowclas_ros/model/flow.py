@@ -15,43 +15,55 @@ from torch import Tensor, nn
 
 
 class ActNorm(nn.Module):
-    """Per-channel affine ``y = x * exp(log_scale) + bias``, data-initialised.
+    """Per-channel affine ``y = (x - loc) * exp(-log_scale)``, data-initialised.
 
-    The first training forward sets the parameters so that its batch comes out with zero
-    mean and unit variance per channel. In eval mode (inference, export) there is no
-    branch on data: the check only happens while ``self.training`` is true.
+    The authors' ActNorm (FrEIA at the commit they pin, with their zero-spread fix): the
+    first training forward sets ``loc`` to the batch mean and ``log_scale`` to the log of
+    the unbiased standard deviation per channel, with no epsilon; a channel of zero spread
+    takes the mean spread of the others. Log-det per sample: ``-H * W * sum(log_scale)``.
+    In eval mode (inference, export) there is no branch on data: the check only happens
+    while ``self.training`` is true.
     """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
+        self.loc = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
-        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("initialized", torch.tensor(False))
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        """Set scale and bias from the statistics of batch ``x``."""
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        square = (x * x).mean(dim=(0, 2, 3), keepdim=True)
+        """Set ``loc`` and ``log_scale`` from the statistics of batch ``x``."""
+        dims = (0, 2, 3)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # every process initialises from the statistics of the whole global batch
-            stats = torch.cat([mean, square]) / torch.distributed.get_world_size()
+            xd = x.double()
+            count = torch.tensor([float(x.shape[0] * x.shape[2] * x.shape[3])], dtype=torch.float64, device=x.device)
+            stats = torch.cat([count, xd.sum(dim=dims), (xd * xd).sum(dim=dims)])
             torch.distributed.all_reduce(stats)
-            mean, square = stats[:1], stats[1:]
-        std = (square - mean * mean).clamp(min=0).sqrt()
-        self.log_scale.copy_(-torch.log(std + 1e-6))
-        self.bias.copy_(-mean * torch.exp(self.log_scale))
+            n, sums, squares = stats[0], stats[1 : 1 + x.shape[1]], stats[1 + x.shape[1] :]
+            mean = sums / n
+            std = ((squares - n * mean * mean).clamp(min=0) / (n - 1)).sqrt()
+            mean, std = mean.to(x.dtype).view(1, -1, 1, 1), std.to(x.dtype).view(1, -1, 1, 1)
+        else:
+            mean = x.mean(dim=dims, keepdim=True)
+            std = x.std(dim=dims, keepdim=True)
+        flat = torch.isclose(std, torch.zeros_like(std))
+        if bool(flat.any()):
+            std = torch.where(flat, std[~flat].mean(), std)
+        self.loc.copy_(mean)
+        self.log_scale.copy_(torch.log(std))
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.training and not bool(self.initialized):
             self.initialize(x)
-        y = x * torch.exp(self.log_scale) + self.bias
-        logdet = self.log_scale.sum() * (x.shape[2] * x.shape[3])
+        y = (x - self.loc) * torch.exp(-self.log_scale)
+        logdet = -self.log_scale.sum() * (x.shape[2] * x.shape[3])
         return y, logdet.expand(x.shape[0])
 
     def inverse(self, y: Tensor) -> Tensor:
-        return (y - self.bias) * torch.exp(-self.log_scale)
+        return y * torch.exp(self.log_scale) + self.loc
 
 
 class Permutation(nn.Module):
@@ -90,16 +102,16 @@ class SampleNorm(nn.GroupNorm):
 
 
 class ResidualSubnet(nn.Module):
-    """Pre-activation residual CNN (the authors' "residual" subnet).
+    """Pre-activation residual CNN (the authors' "residual" subnet, supplement Fig. 5).
 
     GroupNorm(1) + ReLU before each conv: 3x3 (c -> c), 1x1 (c -> hidden), 3x3 (hidden ->
-    hidden), plus the input as skip (1x1 conv when hidden != c), then GroupNorm + ReLU and a
-    zero-initialised 1x1 conv to ``cout``. No biases.
+    hidden); plus the input as skip (through GroupNorm + ReLU + 1x1 conv when hidden != c);
+    the sum goes straight into a zero-initialised 1x1 conv to ``cout``. No biases.
     """
 
     def __init__(self, cin: int, cout: int, hidden: int) -> None:
         super().__init__()
-        self.norms = nn.ModuleList(SampleNorm(c) for c in (cin, cin, hidden, hidden))
+        self.norms = nn.ModuleList(SampleNorm(c) for c in (cin, cin, hidden))
         self.convs = nn.ModuleList(
             [
                 nn.Conv2d(cin, cin, 3, padding=1, bias=False),
@@ -107,16 +119,18 @@ class ResidualSubnet(nn.Module):
                 nn.Conv2d(hidden, hidden, 3, padding=1, bias=False),
             ]
         )
-        self.skip = nn.Conv2d(cin, hidden, 1, bias=False) if hidden != cin else nn.Identity()
+        if hidden != cin:
+            self.skip: nn.Module = nn.Sequential(SampleNorm(cin), nn.ReLU(), nn.Conv2d(cin, hidden, 1, bias=False))
+        else:
+            self.skip = nn.Identity()
         self.out = nn.Conv2d(hidden, cout, 1, bias=False)
         nn.init.zeros_(self.out.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         h = x
-        for norm, conv in zip(self.norms[:3], self.convs):
+        for norm, conv in zip(self.norms, self.convs):
             h = conv(F.relu(norm(h)))
-        h = h + self.skip(x)
-        return self.out(F.relu(self.norms[3](h)))
+        return self.out(h + self.skip(x))
 
 
 class SimpleSubnet(nn.Module):
@@ -133,12 +147,17 @@ class SimpleSubnet(nn.Module):
         return self.conv2(F.relu(self.conv1(x)))
 
 
+def split_channels(channels: int) -> int:
+    """Channels of the passive half: ``round(C / 2)`` as FrEIA rounds it (half to even)."""
+    return round(channels * 0.5)
+
+
 class AffineCoupling(nn.Module):
     """One-sided affine coupling: ``x2' = x2 * exp(clamp * tanh(s)) + t`` with (s, t) = subnet(x1)."""
 
     def __init__(self, channels: int, subnet: nn.Module, clamp: float) -> None:
         super().__init__()
-        self.split = channels // 2
+        self.split = split_channels(channels)
         self.subnet = subnet
         self.clamp = clamp
 
@@ -193,9 +212,9 @@ class Flow(nn.Module):
         super().__init__()
         if channels < 2:
             raise ValueError(f"a coupling flow needs at least 2 channels, got {channels}")
-        c1 = channels // 2
+        c1 = split_channels(channels)
         cout = 2 * (channels - c1)
-        hidden = max(1, int(round(c1 * hidden_ratio)))
+        hidden = max(1, int(c1 * hidden_ratio))
         layers = []
         for i in range(steps):
             if subnet == "residual":
@@ -221,9 +240,12 @@ class Flow(nn.Module):
 
 
 class ChannelLayerNorm(nn.Module):
-    """LayerNorm over channels at every pixel of a ``B x C x H x W`` map (no permutes)."""
+    """LayerNorm over channels at every pixel of a ``B x C x H x W`` map (no permutes).
 
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+    Equal to ``nn.LayerNorm(C)`` on channels-last features (eps 1e-5, as the authors').
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(1, channels, 1, 1))
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
@@ -257,11 +279,34 @@ class DiagonalGaussian(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """1x1 conv on the latent (C -> dim), then L2 normalisation per pixel (contrastive loss)."""
+    """1x1 conv on the latent (C -> dim), then L2 normalisation per pixel (contrastive loss).
+
+    Initialised like the authors' (mmengine ``kaiming_init``): Kaiming normal weights
+    (fan_out, ReLU gain), bias 0.
+    """
 
     def __init__(self, channels: int, dim: int = 128) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, dim, 1)
+        nn.init.kaiming_normal_(self.conv.weight, a=0, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.conv.bias)
 
     def forward(self, z: Tensor) -> Tensor:
         return F.normalize(self.conv(z), dim=1)
+
+
+class SegmentationHead(nn.Sequential):
+    """Inlier semantic segmentation on the latent (the authors' ``use_seg``, Cityscapes).
+
+    3x3 conv C -> C/2, BatchNorm, ReLU, 1x1 conv -> ``classes`` logits. PyTorch's default
+    initialisation: the authors' ``kaiming_init`` call on the ``nn.Sequential`` touches
+    nothing (the container has no ``weight``). Training only; never part of the score.
+    """
+
+    def __init__(self, channels: int, classes: int) -> None:
+        super().__init__(
+            nn.Conv2d(channels, channels // 2, 3, padding=1),
+            nn.BatchNorm2d(channels // 2),
+            nn.ReLU(),
+            nn.Conv2d(channels // 2, classes, 1),
+        )

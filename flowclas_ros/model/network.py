@@ -6,19 +6,66 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowclas_ros.model.config import ModelConfig
 from flowclas_ros.model.encoders import Encoder, build_encoder
-from flowclas_ros.model.flow import ChannelLayerNorm, DiagonalGaussian, Flow, ProjectionHead
+from flowclas_ros.model.flow import ChannelLayerNorm, DiagonalGaussian, Flow, ProjectionHead, SegmentationHead
+
+_SIGMOID_0 = 0.5
+_SIGMOID_1 = 1.0 / (1.0 + math.exp(-1.0))
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Zero-pad height and width at the bottom/right up to a multiple of ``multiple``."""
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple))
+def padding(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
+    """Centred padding ``(left, right, top, bottom)`` of an ``h x w`` frame up to multiples of
+    ``multiple``: equal on both sides, the odd pixel at the end (albumentations' PadIfNeeded,
+    as the authors pad)."""
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
+
+
+def pad_to_multiple(x: Tensor, multiple: int, value: Tensor | float = 0.0) -> Tensor:
+    """Pad height and width, centred, up to a multiple of ``multiple`` with ``value``.
+
+    ``value``: a scalar, or per-channel values broadcastable to ``1 x C x 1 x 1`` (the
+    network pads with a black pixel in normalised units). Pixels inside keep their exact
+    values; no padding needed returns ``x`` itself.
+    """
+    pads = padding(x.shape[-2], x.shape[-1], multiple)
+    if not any(pads):
+        return x
+    if not isinstance(value, Tensor):
+        return F.pad(x, pads, value=float(value))
+    border = F.pad(x.new_zeros(1, 1, x.shape[-2], x.shape[-1]), pads, value=1.0)
+    return F.pad(x, pads) + border * value.to(x.dtype)
+
+
+def crop_padding(x: Tensor, h: int, w: int, multiple: int) -> Tensor:
+    """Undo :func:`pad_to_multiple` on the last two axes of ``x`` (back to ``h x w``)."""
+    left, _, top, _ = padding(h, w, multiple)
+    return x[..., top : top + h, left : left + w]
+
+
+def pad_labels(y: Tensor, multiple: int, ignore: int = 255) -> Tensor:
+    """Pad ``B x H x W`` labels like the images (centred), with the ignore label."""
+    return pad_to_multiple(y, multiple, ignore)
+
+
+def squash_batch(score: Tensor) -> Tensor:
+    """The authors' squashing before binned metrics: when any value of the batch leaves
+    [0, 1], every value becomes ``(sigmoid(s) - sigmoid(0)) / (sigmoid(1) - sigmoid(0))``.
+
+    Written with ``torch.where`` (no Python branch on data, so it exports). Where the
+    result still leaves [0, 1] (raw scores below 0) the authors' metrics refuse the batch;
+    we clamp it there.
+    """
+    outside = ((score < 0) | (score > 1)).any()
+    squashed = (torch.sigmoid(score) - _SIGMOID_0) / (_SIGMOID_1 - _SIGMOID_0)
+    return torch.where(outside, squashed, score).clamp(0.0, 1.0)
 
 
 class FlowCLASNet(nn.Module):
@@ -39,6 +86,11 @@ class FlowCLASNet(nn.Module):
         self.projections = nn.ModuleList(
             ProjectionHead(c, config.projection_dim) for c in chans if config.projection_dim
         )
+        # the authors' optional segmentation head, on the last scale's latent (training only)
+        self.seg_head = SegmentationHead(chans[-1], config.seg_classes) if config.seg_classes else None
+        # a black pixel in normalised units: the authors pad the 0..255 image with 0
+        mean, std = torch.tensor(config.mean), torch.tensor(config.std)
+        self.register_buffer("pad_value", (-mean / std).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True) -> "FlowCLASNet":
         """Train the head only: the encoder always stays frozen in eval mode."""
@@ -66,10 +118,14 @@ class FlowCLASNet(nn.Module):
         """Per scale: (z, log-det per sample) of the LayerNorm-ed features through the flow."""
         return [flow(norm(f)) for f, norm, flow in zip(feats, self.norms, self.flows)]
 
+    def pad(self, x: Tensor) -> Tensor:
+        """Pad a normalised batch, centred, to the encoder's multiple with black pixels."""
+        return pad_to_multiple(x, self.encoder.pad_multiple, self.pad_value)
+
     def raw_score(self, x: Tensor) -> Tensor:
         """Unsquashed score map ``B x H x W`` (docs/method.md 2.5) for a normalised batch."""
         h, w = x.shape[-2:]
-        padded = pad_to_multiple(x, self.encoder.pad_multiple)
+        padded = self.pad(x)
         size = padded.shape[-2:]
         maps = []
         for (z, _), base in zip(self.latents(self.features(padded)), self.bases):
@@ -78,11 +134,14 @@ class FlowCLASNet(nn.Module):
             maps.append(F.interpolate(value[:, None], size=size, mode="bilinear", align_corners=False))
         mean = torch.cat(maps, dim=1).mean(dim=1)
         score = 1.0 - mean if self.config.score == "prob" else -mean
-        return score[:, :h, :w]
+        return crop_padding(score, h, w, self.encoder.pad_multiple)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Score map ``B x H x W`` in [0, 1] (higher = more anomalous)."""
+        """Score map ``B x H x W`` in [0, 1] (higher = more anomalous), squashed as the
+        config says: ``batch_sigmoid`` (the authors'), ``sigmoid`` or ``clamp``."""
         score = self.raw_score(x)
+        if self.config.squash == "batch_sigmoid":
+            return squash_batch(score)
         if self.config.squash == "sigmoid":
             return torch.sigmoid(score)
         return score.clamp(0.0, 1.0)

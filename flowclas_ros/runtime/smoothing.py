@@ -1,8 +1,9 @@
 """Mask-based score smoothing (docs/method.md section 2 item 6; the FlowCLAS supplement's Algorithm 1).
 
 For every region M: histogram the scores inside M into N = 20 equal bins over their min..max,
-take the fullest bin b*, and set every pixel of M whose score lies outside b* to the mean of
-the scores inside b*. Regions come from a :class:`RegionSource`:
+take the fullest bin b* = [lo, hi), and set every pixel of M whose score is < lo or > hi to
+the mean of the scores in [lo, hi) (the authors' edges; ``_smooth_flat``). Regions come
+from a :class:`RegionSource`:
 
 - ``superpixels`` (default): scikit-image SLIC with 5 iterations on a frame subsampled so its
   longer side is at most ``max_side`` = 256 pixels, labels upsampled back by nearest neighbour
@@ -39,23 +40,43 @@ class RegionSource(Protocol):
 
 
 def _smooth_flat(values: np.ndarray, labels: np.ndarray, count: int, bins: int) -> np.ndarray:
-    """Algorithm 1 on 1-D ``values`` grouped by ``labels`` in 0..count-1 (float64 result)."""
-    values = values.astype(np.float64)
+    """Algorithm 1 on 1-D ``values`` grouped by ``labels`` in 0..count-1, with the authors'
+    edges: ``np.linspace(min, max, bins + 1)`` per region, counts as ``np.histogram`` makes
+    them (``[e_i, e_i+1)``, the last bin closed), the fullest bin ``[lo, hi)`` (first on a
+    tie), its mean over ``lo <= v < hi`` and replacement of ``v < lo`` or ``v > hi`` only
+    (so a value equal to ``hi`` is kept). Bin membership is decided in float64; the
+    replacement test compares in the scores' own precision (the authors compare a float32
+    map with the edges); a region whose ``[lo, hi)`` holds no value is left as it is.
+    Returns the values' dtype.
+    """
+    dtype = values.dtype
+    wide = values.astype(np.float64)
     low = np.full(count, np.inf)
     high = np.full(count, -np.inf)
-    np.minimum.at(low, labels, values)
-    np.maximum.at(high, labels, values)
+    np.minimum.at(low, labels, wide)
+    np.maximum.at(high, labels, wide)
+    empty = ~(low <= high)
+    low[empty], high[empty] = 0.0, 0.0
+    edges = np.linspace(low, high, bins + 1, axis=1)  # count x (bins + 1), np.linspace's own rounding
+    # np.histogram: bin i holds e_i <= v < e_i+1; v = max goes to the last bin. A first
+    # guess from the bin width, then one step to the neighbour where the edges disagree.
     span = high - low
-    span[~(span > 0)] = 1.0  # constant or empty regions: every value falls in bin 0
-    # np.histogram's bins: [edge_i, edge_i+1), the last one closed
-    b = np.minimum(((values - low[labels]) / span[labels] * bins).astype(np.int64), bins - 1)
+    span[~(span > 0)] = 1.0
+    b = np.clip(((wide - low[labels]) / span[labels] * bins).astype(np.int64), 0, bins - 1)
+    b -= (b > 0) & (wide < edges[labels, b])
+    b += (b < bins - 1) & (wide >= edges[labels, np.minimum(b + 1, bins)])
     flat_bin = labels * bins + b
     counts = np.bincount(flat_bin, minlength=count * bins).reshape(count, bins)
-    sums = np.bincount(flat_bin, weights=values, minlength=count * bins).reshape(count, bins)
     fullest = counts.argmax(axis=1)
     rows = np.arange(count)
-    mean = sums[rows, fullest] / np.maximum(counts[rows, fullest], 1)
-    return np.where(b == fullest[labels], values, mean[labels])
+    lo, hi = edges[rows, fullest], edges[rows, fullest + 1]
+    in_mode = (wide >= lo[labels]) & (wide < hi[labels])
+    sums = np.bincount(labels, weights=np.where(in_mode, wide, 0.0), minlength=count)
+    members = np.bincount(labels, weights=in_mode.astype(np.float64), minlength=count)
+    mean = (sums / np.maximum(members, 1)).astype(dtype)
+    lo_t, hi_t = lo.astype(dtype)[labels], hi.astype(dtype)[labels]
+    replace = ((values < lo_t) | (values > hi_t)) & (members[labels] > 0)
+    return np.where(replace, mean[labels], values).astype(dtype)
 
 
 def smooth_labels(score: np.ndarray, labels: np.ndarray, bins: int = BINS) -> np.ndarray:

@@ -42,7 +42,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with weight decay only on projection weights; linear warm-up then cosine decay."""
+    """AdamW (weight decay by the authors' name rule, ``trainer.decays``); linear warm-up then cosine decay."""
 
     lr: float = 1e-5
     weight_decay: float = 1e-5
@@ -89,6 +89,10 @@ class TrainConfig:
             (0 < self.run.calibrate_fpr < 1, "run.calibrate_fpr must be in (0, 1)"),
             (0 <= self.data.val_fraction < 1, "data.val_fraction must be in [0, 1)"),
             (self.objective.name == "ml" or self.data.outliers, f"objective {self.objective.name} needs data.outliers"),
+            (not self.objective.use_seg or self.model.seg_classes > 0,
+             "objective.use_seg needs model.seg_classes > 0 (the segmentation head's class count)"),
+            (not self.objective.use_seg or bool(self.data.options.get("semantic")),
+             "objective.use_seg needs semantic labels: data.options.semantic: true (Cityscapes)"),
         ]
         for ok, message in checks:
             if not ok:

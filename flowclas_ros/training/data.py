@@ -53,7 +53,8 @@ def split_indices(count: int, val_fraction: float, max_val: int, seed: int) -> S
 
 
 class PastedSamples(Dataset):
-    """Item ``(epoch, i)`` -> dict of normalised ``x_mix``, ``y_mix``, ``x_out``, ``y_out``.
+    """Item ``(epoch, i)`` -> dict of normalised ``x_mix``, ``y_mix``, ``x_out``, ``y_out``
+    (and ``y_seg``, the mixed image's semantic classes, with ``objective.use_seg``).
 
     ``i`` indexes ``indices`` (the training or validation part of the inlier set); outliers
     are drawn from ``outlier_indices`` of the outlier source. With no outlier source the
@@ -83,7 +84,7 @@ class PastedSamples(Dataset):
         image, labels = self.inliers[int(self.indices[i])][:2]
         image, labels = random_crop(*_rescale(image, labels, self.scale), self.size, rng)
         if self.outliers is None:
-            return PastedSample(image, np.where(labels == 255, 255, 0).astype(np.uint8), None, None, 1.0)
+            return PastedSample(image, np.where(labels == 255, 255, 0).astype(np.uint8), None, None, 1.0, labels)
         pick = self.outlier_indices[int(rng.integers(len(self.outlier_indices)))]
         out_image, out_mask = self.outliers[int(pick)][:2]
         return paste_outlier(image, labels, out_image, out_mask, self.recipe, rng)
@@ -95,6 +96,8 @@ class PastedSamples(Dataset):
         if s.out is not None:
             item["x_out"] = to_tensor(s.out, mean, std)
             item["y_out"] = torch.from_numpy(s.out_labels.astype(np.int64))
+        if self.config.objective.use_seg:
+            item["y_seg"] = torch.from_numpy(s.mix_classes.astype(np.int64))
         return item
 
 

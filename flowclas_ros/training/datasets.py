@@ -64,6 +64,8 @@ ALLO_TEST_TABLE = label_table({**{c: INLIER for c in range(8)}, 8: ANOMALY, IGNO
 # Cityscapes labelIds that have one of the 19 train ids; every other id is void.
 CITYSCAPES_TRAIN_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 CITYSCAPES_TABLE = label_table({i: INLIER for i in CITYSCAPES_TRAIN_LABEL_IDS}, default=IGNORE)
+# The same pixels labelled with their train id 0..18 (semantic labels for the segmentation head).
+CITYSCAPES_TRAIN_ID_TABLE = label_table({i: t for t, i in enumerate(CITYSCAPES_TRAIN_LABEL_IDS)}, default=IGNORE)
 # Road Anomaly: 2 marks the anomaly, 255 void; every other value is the (inlier) scene.
 ROAD_ANOMALY_TABLE = label_table({2: ANOMALY, IGNORE: IGNORE}, default=INLIER)
 
@@ -283,10 +285,12 @@ def allo_dataset(root: Path, split: str, max_images: int | None = None) -> FileD
     return FileDataset(f"allo {top}", entries, table)
 
 
-def cityscapes_dataset(root: Path, split: str, max_images: int | None = None) -> FileDataset:
+def cityscapes_dataset(root: Path, split: str, max_images: int | None = None, semantic: bool = False) -> FileDataset:
     """Cityscapes ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with ``gtFine`` labelIds; all inlier.
 
     Pixels whose labelId has a train id -> 0, all others (void) -> 255, in every split.
+    ``semantic``: label pixels with their train id 0..18 instead of 0 (void still 255), for
+    the segmentation head (``objective.use_seg``); every non-255 value is still an inlier.
     """
     _check_split("cityscapes", split, ("train", "val"))
     top = _folder(root / "leftImg8bit" / split, "cityscapes", f"{root}/leftImg8bit/{split}/<city>/*_leftImg8bit.png")
@@ -303,7 +307,8 @@ def cityscapes_dataset(root: Path, split: str, max_images: int | None = None) ->
         return image.name[: -len("_leftImg8bit.png")]
 
     entries = _pair("cityscapes", _limit(images, max_images), mask_of, name_of)
-    return FileDataset(f"cityscapes {top}", entries, CITYSCAPES_TABLE)
+    table = CITYSCAPES_TRAIN_ID_TABLE if semantic else CITYSCAPES_TABLE
+    return FileDataset(f"cityscapes {top}", entries, table)
 
 
 def coco_dataset(root: Path, split: str, max_images: int | None = None, ignore_background: bool = False) -> FileDataset:

@@ -38,13 +38,16 @@ class PasteRecipe:
 
 @dataclass
 class PastedSample:
-    """``mix``/``out``: H x W x 3 uint8; ``mix_labels``/``out_labels``: H x W uint8; ``scale`` used."""
+    """``mix``/``out``: H x W x 3 uint8; ``mix_labels``/``out_labels``: H x W uint8; ``scale`` used;
+    ``mix_classes``: the inlier crop's own label values, flipped like ``mix``, with pasted
+    pixels set to 255 (semantic labels for the segmentation head)."""
 
     mix: np.ndarray
     mix_labels: np.ndarray
     out: np.ndarray
     out_labels: np.ndarray
     scale: float
+    mix_classes: np.ndarray | None = None
 
 
 def _resize(array: np.ndarray, scale: float, resample: Image.Resampling) -> np.ndarray:
@@ -90,11 +93,13 @@ def paste_outlier(
     size = inlier.shape[:2]
     mix = inlier.copy()
     mix_labels = np.where(inlier_labels == IGNORE, IGNORE, INLIER).astype(np.uint8)
+    classes = inlier_labels
     if rng.random() < recipe.hflip_p:
-        mix, mix_labels = mix[:, ::-1], mix_labels[:, ::-1]
+        mix, mix_labels, classes = mix[:, ::-1], mix_labels[:, ::-1], classes[:, ::-1]
     if rng.random() < recipe.vflip_p:
-        mix, mix_labels = mix[::-1], mix_labels[::-1]
+        mix, mix_labels, classes = mix[::-1], mix_labels[::-1], classes[::-1]
     mix, mix_labels = np.ascontiguousarray(mix), np.ascontiguousarray(mix_labels)
+    classes = np.array(classes, dtype=np.uint8)  # a copy: pasted pixels are overwritten below
 
     if rng.random() < recipe.grayscale_p:
         outlier = _grayscale(outlier)
@@ -114,7 +119,8 @@ def paste_outlier(
         target = (slice(ty, ty + y1 - y0), slice(tx, tx + x1 - x0))
         mix[target][box] = out[y0:y1, x0:x1][box]
         mix_labels[target][box] = OUTLIER
-    return PastedSample(mix, mix_labels, out, out_labels, scale)
+        classes[target][box] = IGNORE
+    return PastedSample(mix, mix_labels, out, out_labels, scale, classes)
 
 
 def save_grid(samples: list[PastedSample], path: str, columns: int = 4) -> None:

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from flowclas_ros.metrics import BinnedMetrics, as_percentages
 from flowclas_ros.model import FlowCLASNet, save_bundle
-from flowclas_ros.model.network import pad_to_multiple
+from flowclas_ros.model.network import pad_labels
 from flowclas_ros.training.config import TrainConfig
 from flowclas_ros.training.data import PastedSamples, StepBatches, build_samples
 from flowclas_ros.training.objectives import compute_loss
@@ -75,24 +75,19 @@ class LossModule(nn.Module):
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         """Total loss and its parts for one batch."""
-        m = self.multiple
-        x_out, y_out = batch.get("x_out"), batch.get("y_out")
+        m, net = self.multiple, self.net
+        x_out, y_out, y_seg = batch.get("x_out"), batch.get("y_out"), batch.get("y_seg")
         return compute_loss(
-            self.net,
-            pad_to_multiple(batch["x_mix"], m),
-            _pad_labels(batch["y_mix"], m),
-            None if x_out is None else pad_to_multiple(x_out, m),
-            None if y_out is None else _pad_labels(y_out, m),
+            net,
+            net.pad(batch["x_mix"]),
+            pad_labels(batch["y_mix"], m),
+            None if x_out is None else net.pad(x_out),
+            None if y_out is None else pad_labels(y_out, m),
             self.objective,
             generator,
             self.chunk,
+            None if y_seg is None else pad_labels(y_seg, m),
         )
-
-
-def _pad_labels(y: Tensor, multiple: int) -> Tensor:
-    """Pad labels like images, with the ignore label."""
-    h, w = y.shape[-2:]
-    return torch.nn.functional.pad(y, (0, (-w) % multiple, 0, (-h) % multiple), value=255)
 
 
 def lr_factor(step: int, total: int, warmup: float) -> float:
@@ -104,13 +99,25 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+NO_DECAY_MARKERS = ("bias", "norm", "flow")
+
+
+def decays(name: str) -> bool:
+    """The authors' rule: no weight decay for a parameter whose name contains ``bias``,
+    ``norm`` or ``flow``; every other trainable parameter decays (projection and
+    segmentation heads, including the BatchNorm weight of the latter, and the base
+    distributions' ``mu`` and log-scale). Our names are chosen so the rule sorts every
+    tensor as it sorts the authors' counterpart (tested through the checkpoint key map)."""
+    return not any(marker in name for marker in NO_DECAY_MARKERS)
+
+
 def parameter_groups(net: FlowCLASNet, weight_decay: float) -> list[dict]:
-    """Weight decay on projection weights only; none on flow, norm, base and bias tensors."""
+    """AdamW groups: ``weight_decay`` where :func:`decays`, 0 elsewhere (frozen encoder left out)."""
     decay, rest = [], []
     for name, p in net.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if name.startswith("projections.") and name.endswith("weight") else rest).append(p)
+        (decay if decays(name) else rest).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
@@ -264,7 +271,7 @@ class Trainer:
         main = ctx.main
         return _Run(
             net=net, train_set=train_set, val_set=val_set, optimizer=optimizer, scheduler=scheduler,
-            train_log=CsvLog(self.logs / "train.csv", ["step", "loss", "ml", "contrastive", "outlier_nll", "lr", "seconds"])
+            train_log=CsvLog(self.logs / "train.csv", ["step", "loss", "ml", "contrastive", "outlier_nll", "segmentation", "lr", "seconds"])
             if main else None,
             val_log=CsvLog(self.logs / "val.csv", ["step", "ap", "auprc_trapz", "fpr95", "auroc"]) if main else None,
             board=_tensorboard(self.logs) if main else None,
@@ -327,7 +334,7 @@ class Trainer:
             if run.train_log:
                 run.train_log.write(row)
             if run.board:
-                for k in ("loss", "ml", "contrastive", "outlier_nll", "lr"):
+                for k in ("loss", "ml", "contrastive", "outlier_nll", "segmentation", "lr"):
                     run.board.add_scalar(f"train/{k}", row[k], done)
         if run.bar:
             run.bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
