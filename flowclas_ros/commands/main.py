@@ -21,6 +21,7 @@ COMMANDS = {
     "export": ("export", "compiled artefacts (torch-export, ONNX, TensorRT) inside a bundle"),
     "bench": ("bench", "latency and throughput per backend and resolution"),
     "init": ("init", "write an untrained bundle from a model config"),
+    "import-checkpoint": ("import_checkpoint", "the authors' released FlowCLAS checkpoint as our bundle"),
     "prepare-coco": ("prepare_coco", "turn COCO train2017 into outlier masks (Meta-OoD filtering)"),
 }
 

@@ -40,43 +40,44 @@ class RegionSource(Protocol):
 
 
 def _smooth_flat(values: np.ndarray, labels: np.ndarray, count: int, bins: int) -> np.ndarray:
-    """Algorithm 1 on 1-D ``values`` grouped by ``labels`` in 0..count-1, with the authors'
-    edges: ``np.linspace(min, max, bins + 1)`` per region, counts as ``np.histogram`` makes
-    them (``[e_i, e_i+1)``, the last bin closed), the fullest bin ``[lo, hi)`` (first on a
-    tie), its mean over ``lo <= v < hi`` and replacement of ``v < lo`` or ``v > hi`` only
-    (so a value equal to ``hi`` is kept). Bin membership is decided in float64; the
-    replacement test compares in the scores' own precision (the authors compare a float32
-    map with the edges); a region whose ``[lo, hi)`` holds no value is left as it is.
-    Returns the values' dtype.
+    """Algorithm 1 on 1-D ``values`` grouped by ``labels`` in 0..count-1, as the authors' code
+    runs it (numpy 2, float32 score maps): per region the edges ``np.linspace(min, max,
+    bins + 1)`` in the scores' own dtype, counts as ``np.histogram`` makes them (``[e_i,
+    e_i+1)``, the last bin closed), the fullest bin ``[lo, hi)`` (the first on a tie), the
+    mean of the values with ``lo <= v < hi``, and replacement of ``v < lo`` or ``v > hi``
+    only (so a value equal to ``hi`` is kept). A region whose ``[lo, hi)`` holds no value
+    (constant regions) is left as it is. The mean is summed in float64, then cast back.
     """
-    dtype = values.dtype
-    wide = values.astype(np.float64)
-    low = np.full(count, np.inf)
-    high = np.full(count, -np.inf)
-    np.minimum.at(low, labels, wide)
-    np.maximum.at(high, labels, wide)
-    empty = ~(low <= high)
-    low[empty], high[empty] = 0.0, 0.0
-    edges = np.linspace(low, high, bins + 1, axis=1)  # count x (bins + 1), np.linspace's own rounding
+    dtype = values.dtype if values.dtype.kind == "f" else np.dtype(np.float64)
+    values = values.astype(dtype, copy=False)
+    low = np.full(count, np.inf, dtype=dtype)
+    high = np.full(count, -np.inf, dtype=dtype)
+    np.minimum.at(low, labels, values)
+    np.maximum.at(high, labels, values)
+    edges = np.repeat(np.where(low <= high, low, 0).astype(dtype)[:, None], bins + 1, axis=1)
+    spread = low < high
+    if spread.any():  # one np.linspace call per region would give the same numbers
+        edges[spread] = np.linspace(low[spread], high[spread], bins + 1, axis=1)
     # np.histogram: bin i holds e_i <= v < e_i+1; v = max goes to the last bin. A first
-    # guess from the bin width, then one step to the neighbour where the edges disagree.
-    span = high - low
-    span[~(span > 0)] = 1.0
+    # guess from the bin width, then steps to the neighbour while the edges disagree.
+    span = (high - low).astype(np.float64)
+    span[~spread] = 1.0
+    wide = values.astype(np.float64)
     b = np.clip(((wide - low[labels]) / span[labels] * bins).astype(np.int64), 0, bins - 1)
-    b -= (b > 0) & (wide < edges[labels, b])
-    b += (b < bins - 1) & (wide >= edges[labels, np.minimum(b + 1, bins)])
+    for _ in range(2):
+        b -= (b > 0) & (values < edges[labels, b])
+        b += (b < bins - 1) & (values >= edges[labels, np.minimum(b + 1, bins)])
     flat_bin = labels * bins + b
     counts = np.bincount(flat_bin, minlength=count * bins).reshape(count, bins)
     fullest = counts.argmax(axis=1)
     rows = np.arange(count)
-    lo, hi = edges[rows, fullest], edges[rows, fullest + 1]
-    in_mode = (wide >= lo[labels]) & (wide < hi[labels])
+    lo, hi = edges[rows, fullest][labels], edges[rows, fullest + 1][labels]
+    in_mode = (values >= lo) & (values < hi)
     sums = np.bincount(labels, weights=np.where(in_mode, wide, 0.0), minlength=count)
     members = np.bincount(labels, weights=in_mode.astype(np.float64), minlength=count)
     mean = (sums / np.maximum(members, 1)).astype(dtype)
-    lo_t, hi_t = lo.astype(dtype)[labels], hi.astype(dtype)[labels]
-    replace = ((values < lo_t) | (values > hi_t)) & (members[labels] > 0)
-    return np.where(replace, mean[labels], values).astype(dtype)
+    replace = ((values < lo) | (values > hi)) & (members[labels] > 0)
+    return np.where(replace, mean[labels], values)
 
 
 def smooth_labels(score: np.ndarray, labels: np.ndarray, bins: int = BINS) -> np.ndarray:

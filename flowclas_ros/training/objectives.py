@@ -36,7 +36,7 @@ def ml_loss(z: Tensor, logdet: Tensor, base: DiagonalGaussian, labels: Tensor) -
     scaled by the fraction of inlier pixels, negated; then the mean over the batch.
     """
     grid = labels_to_grid(labels, tuple(z.shape[-2:]), "nearest-exact")
-    valid = (grid == INLIER).float()
+    valid = (grid == INLIER).to(z.dtype)
     logp = (base.log_density(z) * valid).sum(dim=(1, 2))
     fraction = valid.mean(dim=(1, 2))
     return -(logp + logdet * fraction).mean()
