@@ -89,7 +89,9 @@ class FlowCLASNet(nn.Module):
         # the authors' optional segmentation head, on the last scale's latent (training only)
         self.seg_head = SegmentationHead(chans[-1], config.seg_classes) if config.seg_classes else None
         # a black pixel in normalised units: the authors pad the 0..255 image with 0
-        mean, std = torch.tensor(config.mean), torch.tensor(config.std)
+        # (computed in float64 so that a float64 network pads exactly; cast where used)
+        mean = torch.tensor(config.mean, dtype=torch.float64)
+        std = torch.tensor(config.std, dtype=torch.float64)
         self.register_buffer("pad_value", (-mean / std).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True) -> "FlowCLASNet":
