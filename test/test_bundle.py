@@ -83,6 +83,12 @@ def test_other_format_version(bundle):
         load_bundle(bundle)
 
 
+def test_version_1_bundle_is_refused_naming_both_versions(bundle):
+    _edit_config(bundle, lambda m: m.update(format_version=1))
+    with pytest.raises(BundleError, match=r"format version 1; this flowclas reads version 2; .*cannot be converted.*retrain"):
+        load_bundle(bundle)
+
+
 def test_unknown_config_key(bundle):
     _edit_config(bundle, lambda m: m["model"].update(colour="red"))
     with pytest.raises(BundleError, match="unknown key.*colour"):

@@ -160,6 +160,9 @@ def test_cityscapes(tmp_path):
     save(tmp_path / "gtFine/val/bonn/bonn_000001_000019_gtFine_labelIds.png", label_ids)
     ds = build_dataset("cityscapes", tmp_path, "val")
     check_item(ds[0], image, raw_mask([255, 0, 0, 0, 255, 255, 255]), "bonn_000001_000019")
+    # semantic labels for the segmentation head: train ids (road 0, car 13, bicycle 18)
+    semantic = build_dataset("cityscapes", tmp_path, "val", semantic=True)
+    check_item(semantic[0], image, raw_mask([255, 0, 13, 18, 255, 255, 255]), "bonn_000001_000019")
     with pytest.raises(UserError, match=f"cityscapes: missing folder {tmp_path}/leftImg8bit/train"):
         build_dataset("cityscapes", tmp_path, "train")
     (tmp_path / "gtFine/val/bonn/bonn_000001_000019_gtFine_labelIds.png").unlink()

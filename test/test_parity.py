@@ -297,8 +297,8 @@ def test_use_seg_adds_the_head_loss_with_batchnorm_over_both_halves():
     net.seg_head.load_state_dict(state)
     z_last = net.latents(net.features(torch.cat([x_mix, x_out])))[-1][0]
     expected = segmentation_loss(net.seg_head(z_last)[:2], y_seg)
-    assert float(loss1 - loss0) == pytest.approx(float(expected), rel=1e-4)
-    assert parts["segmentation"] == pytest.approx(float(expected), rel=1e-4)
+    assert float((loss1 - loss0).detach()) == pytest.approx(float(expected.detach()), rel=1e-4)
+    assert parts["segmentation"] == pytest.approx(float(expected.detach()), rel=1e-4)
 
 
 # --------------------------------------------------------------------------- optimiser

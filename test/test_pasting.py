@@ -36,6 +36,8 @@ def test_labels_match_pasted_pixels(recipe):
         assert not (ignored & ~edge_rows).any()
         assert ignored.sum() <= 400 <= ignored.sum() + (s.mix_labels[edge_rows] == 1).sum()
         assert (s.mix_labels == 1).sum() == (s.out_labels == 1).sum()
+        # the inlier's own labels, flipped alike, with pasted pixels ignored (segmentation head)
+        np.testing.assert_array_equal(s.mix_classes, np.where(s.mix_labels == 1, 255, s.mix_labels))
         bg = 255 if recipe.ignore_outlier_background else 0
         assert set(np.unique(s.out_labels)) <= {1, 255, bg}
 

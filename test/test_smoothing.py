@@ -17,12 +17,15 @@ from flowclas_ros.runtime.smoothing import (
 
 
 def algorithm_1(values: np.ndarray, bins: int = 20) -> np.ndarray:
-    """The supplement's Algorithm 1 for one region, written the slow, obvious way."""
-    counts, edges = np.histogram(values, bins=bins, range=(values.min(), values.max()))
+    """The supplement's Algorithm 1 for one region with the authors' edges, the slow, obvious
+    way: the fullest bin [lo, hi), mean over [lo, hi), values < lo or > hi replaced."""
+    counts, edges = np.histogram(values, bins=np.linspace(values.min(), values.max(), bins + 1))
     best = counts.argmax()
-    last = best == bins - 1
-    inside = (values >= edges[best]) & ((values <= edges[best + 1]) if last else (values < edges[best + 1]))
-    return np.where(inside, values, values[inside].mean())
+    lo, hi = edges[best], edges[best + 1]
+    inside = (values >= lo) & (values < hi)
+    if not inside.any():
+        return values
+    return np.where((values < lo) | (values > hi), values[inside].mean(), values)
 
 
 def test_hand_made_map_has_known_output():

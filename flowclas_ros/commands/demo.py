@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     r = run_demo(options(DemoOptions, args))
     m = r.metrics
     print(
-        f"flowclas demo: AP {m['ap']:.1f}%  FPR95 {m['fpr95']:.1f}%  AUROC {m['auroc']:.1f}% on {m['num_images']} frames\n"
+        f"flowclas demo: AP (step) {m['ap']:.1f}%  AUPRC (trapezoid) {m['auprc_trapz']:.1f}%  FPR95 {m['fpr95']:.1f}%  "
+        f"AUROC {m['auroc']:.1f}% on {m['num_images']} frames\n"
         f"  camera bag:     {r.camera_bag}\n"
         f"  annotated bag:  {r.annotated_bag}   (topics /flowclas/*; open it in Foxglove)\n"
         f"  metrics:        {r.metrics_path}\n"

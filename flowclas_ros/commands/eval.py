@@ -54,5 +54,6 @@ def run(args: argparse.Namespace) -> int:
     write_metrics_json(out / "metrics.json", metrics, model=str(args.model), dataset=args.dataset,
                        root=str(args.root), threshold=detector.threshold)
     print(f"flowclas eval: {metrics['num_images']} image(s), {metrics['method']} metrics: "
-          f"AP {100 * metrics['ap']:.1f}%, FPR95 {100 * metrics['fpr95']:.1f}% -> {out}")
+          f"AP (step) {100 * metrics['ap']:.1f}%, AUPRC (trapezoid) {100 * metrics['auprc_trapz']:.1f}%, "
+          f"FPR95 {100 * metrics['fpr95']:.1f}% -> {out}")
     return 0
