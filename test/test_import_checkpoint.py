@@ -231,8 +231,8 @@ def _authors_decays(name: str) -> bool:
 
 def test_weight_decay_sorts_every_tensor_like_its_authors_counterpart(checkpoint, tmp_path):
     _, sd = checkpoint
-    from flowclas_ros.model.import_checkpoint import _model_keys, read_model_yaml, infer_config
     from flowclas_ros.model import FlowCLASNet
+    from flowclas_ros.model.import_checkpoint import _model_keys, infer_config, read_model_yaml
 
     (tmp_path / "model.yaml").write_text(MODEL_YAML)
     state, _ = _model_keys(sd)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize_head, small_config
 
-from flowclas_ros.model import FlowCLASNet, FlowConfig, ModelConfig
+from flowclas_ros.model import FlowCLASNet, ModelConfig
 from flowclas_ros.model.flow import ActNorm, ChannelLayerNorm, Flow, ProjectionHead, ResidualSubnet, SegmentationHead
 from flowclas_ros.model.network import crop_padding, pad_labels, pad_to_multiple, squash_batch
 from flowclas_ros.runtime.smoothing import smooth_labels, smooth_masks
@@ -27,8 +28,6 @@ from flowclas_ros.training.objectives import (
     segmentation_loss,
 )
 from flowclas_ros.training.trainer import decays, parameter_groups
-
-from conftest import randomize_head, small_config
 
 
 def _fill(module: torch.nn.Module, seed: int, scale: float = 0.3) -> torch.nn.Module:

@@ -56,6 +56,7 @@ class ActNorm(nn.Module):
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Apply the module (see the class docstring)."""
         if self.training and not bool(self.initialized):
             self.initialize(x)
         y = (x - self.loc) * torch.exp(-self.log_scale)
@@ -63,6 +64,7 @@ class ActNorm(nn.Module):
         return y, logdet.expand(x.shape[0])
 
     def inverse(self, y: Tensor) -> Tensor:
+        """Invert :meth:`forward` exactly."""
         return y * torch.exp(self.log_scale) + self.loc
 
 
@@ -76,9 +78,11 @@ class Permutation(nn.Module):
         self.register_buffer("inv", torch.argsort(perm))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Apply the module (see the class docstring)."""
         return x.index_select(1, self.perm)
 
     def inverse(self, y: Tensor) -> Tensor:
+        """Invert :meth:`forward` exactly."""
         return y.index_select(1, self.inv)
 
 
@@ -94,6 +98,7 @@ class SampleNorm(nn.GroupNorm):
         super().__init__(1, channels)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Apply the module (see the class docstring)."""
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         centred = x - mean
         var = (centred * centred).mean(dim=(1, 2, 3), keepdim=True)
@@ -127,6 +132,7 @@ class ResidualSubnet(nn.Module):
         nn.init.zeros_(self.out.weight)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Apply the module (see the class docstring)."""
         h = x
         for norm, conv in zip(self.norms, self.convs):
             h = conv(F.relu(norm(h)))
@@ -144,6 +150,7 @@ class SimpleSubnet(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Apply the module (see the class docstring)."""
         return self.conv2(F.relu(self.conv1(x)))
 
 
@@ -166,11 +173,13 @@ class AffineCoupling(nn.Module):
         return self.clamp * torch.tanh(s_raw), t
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Apply the module (see the class docstring)."""
         x1, x2 = x[:, : self.split], x[:, self.split :]
         s, t = self._scale_shift(x1)
         return torch.cat([x1, x2 * torch.exp(s) + t], dim=1), s.sum(dim=(1, 2, 3))
 
     def inverse(self, y: Tensor) -> Tensor:
+        """Invert :meth:`forward` exactly."""
         y1, y2 = y[:, : self.split], y[:, self.split :]
         s, t = self._scale_shift(y1)
         return torch.cat([y1, (y2 - t) * torch.exp(-s)], dim=1)
@@ -186,11 +195,13 @@ class FlowStep(nn.Module):
         self.coupling = AffineCoupling(channels, subnet, clamp)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Apply the module (see the class docstring)."""
         x, ld_act = self.actnorm(x)
         x, ld_coupling = self.coupling(self.permute(x))
         return x, ld_act + ld_coupling
 
     def inverse(self, y: Tensor) -> Tensor:
+        """Invert :meth:`forward` exactly."""
         return self.actnorm.inverse(self.permute.inverse(self.coupling.inverse(y)))
 
 
@@ -227,6 +238,7 @@ class Flow(nn.Module):
         self.steps = nn.ModuleList(layers)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Apply the module (see the class docstring)."""
         logdet = x.new_zeros(x.shape[0])
         for step in self.steps:
             x, ld = step(x)
@@ -234,6 +246,7 @@ class Flow(nn.Module):
         return x, logdet
 
     def inverse(self, z: Tensor) -> Tensor:
+        """Invert :meth:`forward` exactly."""
         for step in reversed(self.steps):
             z = step.inverse(z)
         return z
@@ -252,6 +265,7 @@ class ChannelLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        """Apply the module (see the class docstring)."""
         mean = x.mean(dim=1, keepdim=True)
         var = (x - mean).pow(2).mean(dim=1, keepdim=True)
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
@@ -289,9 +303,12 @@ class ProjectionHead(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, dim, 1)
         nn.init.kaiming_normal_(self.conv.weight, a=0, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.conv.bias)
+        bias = self.conv.bias
+        assert bias is not None
+        nn.init.zeros_(bias)
 
     def forward(self, z: Tensor) -> Tensor:
+        """Apply the module (see the class docstring)."""
         return F.normalize(self.conv(z), dim=1)
 
 

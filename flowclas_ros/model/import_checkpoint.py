@@ -50,23 +50,18 @@ from torch import Tensor
 from flowclas_ros.errors import FlowclasError
 from flowclas_ros.files import sha256
 from flowclas_ros.model.bundle import save_bundle
-from flowclas_ros.model.config import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ConfigError,
-    FlowConfig,
-    ModelConfig,
-    with_head_defaults,
-)
+from flowclas_ros.model.config import ConfigError, FlowConfig, ModelConfig, with_head_defaults
 from flowclas_ros.model.encoders import EncoderConfig, WeightsError
-from flowclas_ros.model.encoders.dinov2 import VIT_SPECS, load_backbone, load_reins
+from flowclas_ros.model.encoders.dinov2 import VIT_SPECS, DINOv2Encoder, load_backbone, load_reins
 from flowclas_ros.model.flow import split_channels
 from flowclas_ros.model.network import FlowCLASNet
 
 log = logging.getLogger(__name__)
 
-# the authors' published crop (Cityscapes, 512 x 1024) and clamp; used without --config
+# the authors' published crop (Cityscapes, 512 x 1024), statistics and clamp; used without --config
 DEFAULT_INPUT_SIZE = (512, 1024)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 AUTHORS_CLAMP = 2.0
 _BACKBONE = "feature_extractor."
 
@@ -189,8 +184,9 @@ def _encoder_from_backbone(state: dict[str, Tensor], channels: list[int]) -> Enc
     depth = _count(state, rf"^{re.escape(_BACKBONE)}blocks\.(\d+)\.")
     dim = channels[-1]
     registers = state.get(f"{_BACKBONE}register_tokens")
+    count = 0 if registers is None else int(registers.shape[1])
     matches = [name for name, spec in VIT_SPECS.items()
-               if spec.embed_dim == dim and spec.depth == depth and spec.registers == (0 if registers is None else registers.shape[1])]
+               if spec.embed_dim == dim and spec.depth == depth and spec.registers == count]
     if not matches:
         raise CheckpointError(f"no DINOv2 variant has {depth} blocks of width {dim}")
     options = {}
@@ -265,7 +261,7 @@ def _load_encoder(net: FlowCLASNet, state: dict[str, Tensor], source: str) -> No
     """Load the backbone (and Rein) tensors of the checkpoint into our DINOv2 encoder."""
     backbone = {k[len(_BACKBONE):]: v for k, v in state.items() if k.startswith(_BACKBONE)}
     encoder = net.encoder
-    if not hasattr(encoder, "vit"):
+    if not isinstance(encoder, DINOv2Encoder):
         raise CheckpointError(f"the checkpoint's backbone is a DINOv2 ViT, the config names {net.config.encoder.name}")
     try:
         load_backbone(encoder.vit, backbone, source, encoder.spec)

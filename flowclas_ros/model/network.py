@@ -71,6 +71,8 @@ def squash_batch(score: Tensor) -> Tensor:
 class FlowCLASNet(nn.Module):
     """Encoder + one (LayerNorm, flow, base distribution[, projection]) per feature scale."""
 
+    pad_value: Tensor  # 1 x 3 x 1 x 1: a black pixel in normalised units
+
     def __init__(self, config: ModelConfig, encoder: Encoder | None = None) -> None:
         super().__init__()
         self.config = config

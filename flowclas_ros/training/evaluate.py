@@ -99,7 +99,8 @@ def write_plots(binned, out: Path, metrics: dict, threshold: float) -> list[Path
     from flowclas_ros.metrics import plot_pr_curve, plot_roc_curve, plot_score_histogram
 
     return [
-        plot_pr_curve(binned, out / "pr_curve.png", label=f"AP (step) {100 * metrics['ap']:.1f}%, AUPRC (trapezoid) {100 * metrics['auprc_trapz']:.1f}%"),
+        plot_pr_curve(binned, out / "pr_curve.png",
+                      label=f"AP (step) {100 * metrics['ap']:.1f}%, AUPRC (trapezoid) {100 * metrics['auprc_trapz']:.1f}%"),
         plot_roc_curve(binned, out / "roc_curve.png",
                        label=f"AUROC {100 * metrics['auroc']:.1f}%, FPR95 {100 * metrics['fpr95']:.1f}%"),
         plot_score_histogram(binned, out / "score_histogram.png", threshold=threshold),

@@ -271,7 +271,8 @@ class Trainer:
         main = ctx.main
         return _Run(
             net=net, train_set=train_set, val_set=val_set, optimizer=optimizer, scheduler=scheduler,
-            train_log=CsvLog(self.logs / "train.csv", ["step", "loss", "ml", "contrastive", "outlier_nll", "segmentation", "lr", "seconds"])
+            train_log=CsvLog(self.logs / "train.csv",
+                             ["step", "loss", "ml", "contrastive", "outlier_nll", "segmentation", "lr", "seconds"])
             if main else None,
             val_log=CsvLog(self.logs / "val.csv", ["step", "ap", "auprc_trapz", "fpr95", "auroc"]) if main else None,
             board=_tensorboard(self.logs) if main else None,
