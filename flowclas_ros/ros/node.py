@@ -24,6 +24,7 @@ import time
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -32,6 +33,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
+from flowclas_ros.errors import FlowclasError
 from flowclas_ros.ros.logging_bridge import forward_to
 from flowclas_ros.ros.messages import rclpy_factory
 from flowclas_ros.ros.parameters import PARAMETERS, check_parameters
@@ -71,7 +73,7 @@ class DetectorNode(Node):
         self._set_threshold(values["threshold"])
         self.overlay = values["overlay"]
         self.min_interval = 1.0 / values["max_rate"] if values["max_rate"] > 0 else 0.0
-        self.stats = FrameStats(backend=values["backend"], device=values["device"])
+        self.stats = FrameStats(backend=self._backend_name(values["backend"]), device=values["device"])
         self.factory = rclpy_factory()
         self.pipeline = self._pipeline(values)
 
@@ -97,7 +99,7 @@ class DetectorNode(Node):
         }
         self.label_pub = self.create_publisher(LabelInfo, "label_info", latched)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.frame_id = ""
+        self.frame_id = values["frame_id"] or self.get_namespace().strip("/")
         self._publish_label_info()
 
         self.slot: LatestSlot = LatestSlot()
@@ -107,12 +109,17 @@ class DetectorNode(Node):
             self.create_subscription(Image, "image", self._on_image, qos)
         self.create_timer(1.0, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_parameters)
-        self.worker = threading.Thread(target=self._work, name=f"flowclas-{self.get_name()}", daemon=True)
+        self._stopping = False
+        self.worker = threading.Thread(target=self._work, name=f"flowclas-{self.get_fully_qualified_name()}", daemon=True)
         self.worker.start()
         self.get_logger().info(
-            f"model {values['model']} on {values['backend']}/{values['device']}, threshold {self.detector.threshold:.3f}, "
+            f"model {values['model']} on {self.stats.backend}/{values['device']}, threshold {self.detector.threshold:.3f}, "
             f"input {self.resolve_topic_name('image/compressed' if values['use_compressed'] else 'image')}"
         )
+
+    def _backend_name(self, requested: str) -> str:
+        """The backend in use (``auto`` resolved), from the detector's backend object."""
+        return getattr(self.detector.backend, "name", None) or requested
 
     @staticmethod
     def _load(values: dict, shared: dict):
@@ -133,7 +140,7 @@ class DetectorNode(Node):
 
         smoother = build_smoother(values["smoothing"])
         return FramePipeline(self.detector, self.factory, smoother=smoother, min_area=values["min_hazard_area"],
-                             stats=self.stats)
+                             stats=self.stats, max_input_pixels=values["max_input_pixels"])
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -143,12 +150,13 @@ class DetectorNode(Node):
 
     def _on_image(self, msg) -> None:
         self.stats.receive(self._now())
-        if self.slot.put(msg):
+        if self.slot.put((msg, time.monotonic())):
             self.stats.drop()
 
     def _work(self) -> None:
         last_start = -float("inf")
-        while (msg := self.slot.take()) is not None:
+        while (item := self.slot.take()) is not None:
+            msg, received = item
             if self.min_interval:
                 time.sleep(max(0.0, last_start + self.min_interval - time.monotonic()))
             last_start = time.monotonic()
@@ -162,18 +170,35 @@ class DetectorNode(Node):
                 continue
             if output is None:
                 continue
-            for suffix, out_msg in output.messages.items():
-                self.outputs[suffix].publish(out_msg)
+            if self._stopping or not self.context.ok():
+                break
+            try:
+                for suffix, out_msg in output.messages.items():
+                    self.outputs[suffix].publish(out_msg)
+            except RCLError:  # the context went down under us (SIGINT/SIGTERM): stop quietly
+                if self._stopping or not self.context.ok():
+                    break
+                raise
+            latency = time.monotonic() - received  # receipt to publish, on this node's monotonic clock
             now = self._now()
             stamp = msg.header.stamp
-            self.stats.publish(now, now - (stamp.sec + stamp.nanosec * 1e-9))
-            self.frame_id = msg.header.frame_id
+            self.stats.publish(now, latency, stamp_age=now - (stamp.sec + stamp.nanosec * 1e-9))
+            if msg.header.frame_id and msg.header.frame_id != self.frame_id:
+                self.frame_id = msg.header.frame_id
+                self._publish_label_info()
 
     def _publish_label_info(self) -> None:
+        if self._stopping_or_down():
+            return
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
         self.label_pub.publish(self.factory.label_info(header, self.detector.threshold))
 
+    def _stopping_or_down(self) -> bool:
+        return getattr(self, "_stopping", False) or not self.context.ok()
+
     def _publish_diagnostics(self) -> None:
+        if self._stopping_or_down():
+            return
         level, message = self.stats.level()
         status = DiagnosticStatus(
             level=bytes([level]),
@@ -198,6 +223,7 @@ class DetectorNode(Node):
 
     def destroy_node(self) -> None:
         """Stop the worker thread, then destroy the node."""
+        self._stopping = True
         self.slot.close()
         self.worker.join(timeout=5.0)
         super().destroy_node()
@@ -214,7 +240,8 @@ def main(args: list[str] | None = None) -> int:
     try:
         try:
             nodes = [DetectorNode(namespace=ns, shared=shared) for ns in options.cameras]
-        except Exception as exc:  # bad parameters or bundle: one line, not a traceback
+            forward_to(nodes[0].get_logger())  # a node's logger: its lines reach /rosout
+        except (FlowclasError, OSError, ValueError) as exc:  # bad parameters or bundle: one line, not a traceback
             print(f"flowclas_node: error: {exc}", file=sys.stderr)
             return 1
         executor = MultiThreadedExecutor()
