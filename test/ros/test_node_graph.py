@@ -15,7 +15,9 @@ import zlib
 import numpy as np
 import pytest
 
-from test.ros.conftest import REPO
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.ros
 
@@ -31,6 +33,14 @@ def _launch_like(params: dict | None = None) -> dict:
 def _start(node_process, params=None, **kwargs):
     """The node with the launch file's parameter file, remappings and parameter overrides."""
     return node_process(_launch_like(params), LAUNCH_REMAPS, params_file=CONFIG, **kwargs)
+
+
+def _discovered(driver, namespace=""):
+    """Wait until the node's latched label_info arrived: discovery between us and the node is done
+    (an output published before the driver's subscription is matched would be lost)."""
+    driver.subscribe(f"{namespace}/label_info")
+    driver.wait_for(f"{namespace}/label_info", 1)
+    time.sleep(0.3)
 
 
 def _call(driver, service_type, name, request, timeout=20.0):
@@ -178,6 +188,7 @@ def test_compressed_input_huge_png_and_sigint(node_process, driver):
     buf = io.BytesIO()
     PILImage.fromarray(rgb).save(buf, format="JPEG", quality=90)
     jpeg = buf.getvalue()
+    _discovered(driver)
 
     driver.publish(topic, _compressed(driver, jpeg, "jpeg", "cam_c"))
     score = driver.wait_for("/anomaly_score", 1)[0]
@@ -185,6 +196,7 @@ def test_compressed_input_huge_png_and_sigint(node_process, driver):
 
     started = time.monotonic()
     driver.publish(topic, _compressed(driver, _png_header_claiming(8000, 8000), "png"))
+    time.sleep(0.5)  # the node keeps only the latest waiting frame
     driver.publish(topic, _compressed(driver, b"\x89PNG not really", "png"))
     time.sleep(0.5)
     driver.publish(topic, _compressed(driver, jpeg, "rgb8; jpeg compressed bgr8", "cam_c2"))
@@ -203,6 +215,7 @@ def test_two_cameras_in_one_process(node_process, driver):
     b = driver.subscribe("/b/anomaly_score")
     labels = driver.subscribe("/a/label_info")
     node = node_process(args=["--cameras", "a", "b"], ready=r"(?s)\]: model .*\]: model ")
+    _discovered(driver, "/b")
     assert driver.wait_for("/a/label_info", 1)[0].header.frame_id == "a"  # default: the namespace
     driver.publish_image("/a/image", frame_id="cam_a")
     driver.publish_image("/b/image", frame_id="cam_b")
