@@ -118,6 +118,9 @@ def test_outputs_latching_parameters_hostile_frames_and_sigterm(node_process, dr
 
     outs = {t: driver.subscribe(t) for t in ("/anomaly_score", "/anomaly_mask", "/anomaly_overlay", "/hazards")}
     driver.subscribe("/diagnostics")
+    from rcl_interfaces.msg import Log
+
+    rosout = driver.subscribe("/rosout", Log, latched=False)
     node = _start(node_process)
     assert node is not None
 
@@ -162,6 +165,8 @@ def test_outputs_latching_parameters_hostile_frames_and_sigterm(node_process, dr
     assert 0 < float(values["latency_p50_ms"]) < 60_000
     out = node.output()
     assert "rejected image message stamped" in out and "hsv8" in out and " at 0x" not in out
+    # the pipeline's Python log records reach /rosout under the node's name
+    assert any("rejected image message" in m.msg and m.name == "flowclas_detector" for m in rosout), [m.msg for m in rosout]
 
     # parameters through the parameter service
     result = _set_parameter(driver, "/flowclas_detector", "threshold", 0.5)
