@@ -191,7 +191,6 @@ def test_encoders_round_trip():
 
 
 def test_max_pixels_checked_before_decoding_raw_and_compressed():
-    import io as _io
     import struct
     import zlib
     from types import SimpleNamespace

@@ -24,7 +24,6 @@ import time
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -175,17 +174,17 @@ class DetectorNode(Node):
             try:
                 for suffix, out_msg in output.messages.items():
                     self.outputs[suffix].publish(out_msg)
-            except RCLError:  # the context went down under us (SIGINT/SIGTERM): stop quietly
-                if self._stopping or not self.context.ok():
+                latency = time.monotonic() - received  # receipt to publish, on this node's monotonic clock
+                now = self._now()
+                stamp = msg.header.stamp
+                self.stats.publish(now, latency, stamp_age=now - (stamp.sec + stamp.nanosec * 1e-9))
+                if msg.header.frame_id and msg.header.frame_id != self.frame_id:
+                    self.frame_id = msg.header.frame_id
+                    self._publish_label_info()  # label_info with the camera's frame_id, once known
+            except Exception:  # RCLError / InvalidHandle: the context went down under us (SIGINT, SIGTERM)
+                if self._stopping_or_down():
                     break
                 raise
-            latency = time.monotonic() - received  # receipt to publish, on this node's monotonic clock
-            now = self._now()
-            stamp = msg.header.stamp
-            self.stats.publish(now, latency, stamp_age=now - (stamp.sec + stamp.nanosec * 1e-9))
-            if msg.header.frame_id and msg.header.frame_id != self.frame_id:
-                self.frame_id = msg.header.frame_id
-                self._publish_label_info()
 
     def _publish_label_info(self) -> None:
         if self._stopping_or_down():
