@@ -54,12 +54,12 @@ def _descriptor(name: str) -> ParameterDescriptor:
     return descriptor
 
 
-class DetectorNode(Node):
-    """FlowCLAS on one camera. ``shared`` (multi-camera) maps model settings to a loaded
-    (detector, lock) pair so cameras with the same settings load the model once."""
+class _DetectorCore:
+    """What the plain and the managed (lifecycle) node share: ``_configure`` loads the model and
+    creates the outputs, ``_activate`` subscribes and starts the worker, ``_deactivate`` stops
+    both (the model stays loaded)."""
 
-    def __init__(self, namespace: str = "", shared: dict | None = None, **kwargs) -> None:
-        super().__init__(NODE_NAME, namespace=namespace, **kwargs)
+    def _declare(self) -> dict:
         values = {
             name: self.declare_parameter(name, spec.default, _descriptor(name)).value for name, spec in PARAMETERS.items()
         }
@@ -67,6 +67,11 @@ class DetectorNode(Node):
             raise ValueError(reason)
         if not values["model"]:
             raise ValueError("parameter 'model' (a bundle directory) is required")
+        return values
+
+    def _configure(self, values: dict, shared: dict | None) -> None:
+        self.values = values
+        self._stopping = True  # until activated
         self.detector, self.model_lock = self._load(values, {} if shared is None else shared)
         self.bundle_threshold = self.detector.threshold
         self._set_threshold(values["threshold"])
@@ -75,14 +80,6 @@ class DetectorNode(Node):
         self.stats = FrameStats(backend=self._backend_name(values["backend"]), device=values["device"])
         self.factory = rclpy_factory()
         self.pipeline = self._pipeline(values)
-
-        qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=values["qos_depth"],
-            reliability=ReliabilityPolicy.BEST_EFFORT
-            if values["qos_reliability"] == "best_effort"
-            else ReliabilityPolicy.RELIABLE,
-        )
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
@@ -99,15 +96,29 @@ class DetectorNode(Node):
         self.label_pub = self.create_publisher(LabelInfo, "label_info", latched)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.frame_id = values["frame_id"] or self.get_namespace().strip("/")
-        self._publish_label_info()
+        self._publish_label_info(force=True)
 
+    def _unconfigure(self) -> None:
+        for pub in (*self.outputs.values(), self.label_pub, self.diag_pub):
+            self.destroy_publisher(pub)
+        self.outputs = {}
+        self.detector = self.pipeline = None  # the model is released with them
+
+    def _activate(self) -> None:
+        values = self.values
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=values["qos_depth"],
+            reliability=ReliabilityPolicy.BEST_EFFORT
+            if values["qos_reliability"] == "best_effort"
+            else ReliabilityPolicy.RELIABLE,
+        )
         self.slot: LatestSlot = LatestSlot()
         if values["use_compressed"]:
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+            self.subscription = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
         else:
-            self.create_subscription(Image, "image", self._on_image, qos)
-        self.create_timer(1.0, self._publish_diagnostics)
-        self.add_on_set_parameters_callback(self._on_parameters)
+            self.subscription = self.create_subscription(Image, "image", self._on_image, qos)
+        self.diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         self._stopping = False
         self.worker = threading.Thread(target=self._work, name=f"flowclas-{self.get_fully_qualified_name()}", daemon=True)
         self.worker.start()
@@ -115,6 +126,18 @@ class DetectorNode(Node):
             f"model {values['model']} on {self.stats.backend}/{values['device']}, threshold {self.detector.threshold:.3f}, "
             f"input {self.resolve_topic_name('image/compressed' if values['use_compressed'] else 'image')}"
         )
+
+    def _deactivate(self) -> None:
+        """Stop the worker thread and the input (the model stays loaded)."""
+        self._stopping = True
+        if getattr(self, "worker", None) is None:
+            return
+        self.slot.close()
+        self.worker.join(timeout=5.0)
+        self.worker = None
+        self.destroy_subscription(self.subscription)
+        self.destroy_timer(self.diag_timer)
+
 
     def _backend_name(self, requested: str) -> str:
         """The backend in use (``auto`` resolved), from the detector's backend object."""
@@ -186,8 +209,8 @@ class DetectorNode(Node):
                     break
                 raise
 
-    def _publish_label_info(self) -> None:
-        if self._stopping_or_down():
+    def _publish_label_info(self, force: bool = False) -> None:
+        if not self.context.ok() or (self._stopping and not force) or not self.outputs:
             return
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
         self.label_pub.publish(self.factory.label_info(header, self.detector.threshold))
@@ -214,17 +237,26 @@ class DetectorNode(Node):
             return SetParametersResult(successful=False, reason=reason)
         if "overlay" in changes:
             self.overlay = changes["overlay"]
-        if "threshold" in changes:
+        if "threshold" in changes and getattr(self, "detector", None) is not None:
             self._set_threshold(changes["threshold"])
-            self._publish_label_info()
+            self._publish_label_info(force=True)
             self.get_logger().info(f"threshold now {self.detector.threshold:.3f}")
         return SetParametersResult(successful=True)
 
+
+class DetectorNode(_DetectorCore, Node):
+    """FlowCLAS on one camera. ``shared`` (multi-camera) maps model settings to a loaded
+    (detector, lock) pair so cameras with the same settings load the model once."""
+
+    def __init__(self, namespace: str = "", shared: dict | None = None, **kwargs) -> None:
+        super().__init__(NODE_NAME, namespace=namespace, **kwargs)
+        self._configure(self._declare(), shared)
+        self.add_on_set_parameters_callback(self._on_parameters)
+        self._activate()
+
     def destroy_node(self) -> None:
         """Stop the worker thread, then destroy the node."""
-        self._stopping = True
-        self.slot.close()
-        self.worker.join(timeout=5.0)
+        self._deactivate()
         super().destroy_node()
 
 
