@@ -25,6 +25,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
@@ -260,17 +261,73 @@ class DetectorNode(_DetectorCore, Node):
         super().destroy_node()
 
 
+class ManagedDetectorNode(_DetectorCore, LifecycleNode):
+    """The detector as a managed (lifecycle) node (``flowclas_node --managed``): configure loads
+    the model and creates the outputs, activate subscribes and starts the worker, deactivate
+    stops them without unloading, cleanup unloads; shutdown from any state stops everything."""
+
+    def __init__(self, namespace: str = "", shared: dict | None = None, **kwargs) -> None:
+        super().__init__(NODE_NAME, namespace=namespace, **kwargs)
+        self.values = self._declare()
+        self.shared = shared
+        self.outputs: dict = {}
+        self.worker = None
+        self._stopping = True
+        self.add_on_set_parameters_callback(self._on_parameters)
+        self.get_logger().info("unconfigured: waiting for the configure transition")
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the model, create the outputs."""
+        try:
+            self._configure(self.values, self.shared)
+        except (FlowclasError, OSError, ValueError) as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info("configured: model loaded")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscribe and start the worker."""
+        self._activate()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the worker and the input; keep the model."""
+        self._deactivate()
+        self.get_logger().info("deactivated: input stopped, model kept")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy the outputs, unload the model."""
+        self._unconfigure()
+        self.get_logger().info("cleaned up: model unloaded")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the worker and the input."""
+        self._deactivate()
+        return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        """Stop the worker, then destroy the node."""
+        self._deactivate()
+        super().destroy_node()
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point ``flowclas_node [--cameras NS [NS ...]] [--ros-args ...]``."""
     rclpy.init(args=args)
     forward_to(rclpy.logging.get_logger(NODE_NAME))
     parser = argparse.ArgumentParser(prog="flowclas_node", description="FlowCLAS anomaly detector node")
     parser.add_argument("--cameras", nargs="+", default=[""], metavar="NS", help="camera namespaces served by this process")
+    parser.add_argument("--managed", action="store_true", help="lifecycle nodes: start unconfigured, driven by "
+                        "lifecycle_msgs/ChangeState (configure, activate, deactivate, cleanup, shutdown)")
     options = parser.parse_args(remove_ros_args(args if args is not None else sys.argv)[1:])
     nodes, shared = [], {}
     try:
         try:
-            nodes = [DetectorNode(namespace=ns, shared=shared) for ns in options.cameras]
+            cls = ManagedDetectorNode if options.managed else DetectorNode
+            nodes = [cls(namespace=ns, shared=shared) for ns in options.cameras]
             forward_to(nodes[0].get_logger())  # a node's logger: its lines reach /rosout
         except (FlowclasError, OSError, ValueError) as exc:  # bad parameters or bundle: one line, not a traceback
             print(f"flowclas_node: error: {exc}", file=sys.stderr)
