@@ -188,3 +188,26 @@ def test_encoders_round_trip():
     enc = encode_image(RGB[..., ::-1], "bgr8")
     assert (enc.encoding, enc.step) == ("bgr8", W * 3)
     np.testing.assert_array_equal(decode_image(SimpleNamespace(**vars(enc))), RGB)
+
+
+def test_max_pixels_checked_before_decoding_raw_and_compressed():
+    import struct
+    import zlib
+    from types import SimpleNamespace
+
+    from flowclas_ros.runtime.codecs import MessageError, decode_image
+
+    raw = SimpleNamespace(height=100, width=100, encoding="mono8", is_bigendian=False, step=100, data=b"")  # no data
+    with pytest.raises(MessageError, match="max_input_pixels") as info:
+        decode_image(raw, max_pixels=9999)
+    assert info.value.reason == "size"
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 8000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    with pytest.raises(MessageError, match="max_input_pixels"):
+        decode_image(SimpleNamespace(format="png", data=png), max_pixels=4096 * 3072)
+    with pytest.raises(MessageError) as info:
+        decode_image(SimpleNamespace(format="png", data=b"garbage"))
+    assert " at 0x" not in str(info.value)

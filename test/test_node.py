@@ -141,3 +141,24 @@ def test_launch_smoke(tmp_path, small_net):
         timeout=120,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_frame_stats_warn_only_for_recent_rejections_and_plausible_stamp_age():
+    clock = [100.0]
+    stats = FrameStats(backend="torch", reject_window=10.0, clock=lambda: clock[0])
+    stats.receive(0.0)
+    stats.process()
+    stats.reject("data")
+    assert stats.level()[0] == 1
+    clock[0] = 111.0
+    assert stats.level() == (0, "running")  # one bad frame long ago: OK again
+    stats.publish(1.0, latency=0.02, stamp_age=1.8e9)  # unsynchronised camera clock: not kept
+    assert "stamp_age_ms" not in stats.values(1.0) and stats.values(1.0)["latency_p50_ms"] == "20.0"
+    stats.publish(2.0, latency=0.02, stamp_age=0.25)
+    assert stats.values(2.0)["stamp_age_ms"] == "250.0"
+
+
+def test_parameter_defaults_are_sensible():
+    assert PARAMETERS["min_hazard_area"].default == 16
+    assert PARAMETERS["max_input_pixels"].default == 4096 * 3072
+    assert check_parameters({"max_input_pixels": 0}, running=False) is not None

@@ -32,9 +32,13 @@ class RosLogHandler(logging.Handler):
 
 
 def forward_to(ros_logger: Any) -> RosLogHandler:
-    """Route ``flowclas_ros`` log records (INFO and up) to ``ros_logger``; returns the handler."""
+    """Route ``flowclas_ros`` log records (INFO and up) to ``ros_logger`` (replacing an earlier
+    destination); returns the handler. Give a node's ``get_logger()`` so that the lines reach
+    /rosout under the node's name."""
     handler = RosLogHandler(ros_logger)
     logger = logging.getLogger(LOGGER)
+    for old in [h for h in logger.handlers if isinstance(h, RosLogHandler)]:
+        logger.removeHandler(old)  # one ROS destination at a time (e.g. the node's, once it exists)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

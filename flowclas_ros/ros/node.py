@@ -25,6 +25,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
@@ -32,6 +33,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
+from flowclas_ros.errors import FlowclasError
 from flowclas_ros.ros.logging_bridge import forward_to
 from flowclas_ros.ros.messages import rclpy_factory
 from flowclas_ros.ros.parameters import PARAMETERS, check_parameters
@@ -53,12 +55,12 @@ def _descriptor(name: str) -> ParameterDescriptor:
     return descriptor
 
 
-class DetectorNode(Node):
-    """FlowCLAS on one camera. ``shared`` (multi-camera) maps model settings to a loaded
-    (detector, lock) pair so cameras with the same settings load the model once."""
+class _DetectorCore:
+    """What the plain and the managed (lifecycle) node share: ``_configure`` loads the model and
+    creates the outputs, ``_activate`` subscribes and starts the worker, ``_deactivate`` stops
+    both (the model stays loaded)."""
 
-    def __init__(self, namespace: str = "", shared: dict | None = None, **kwargs) -> None:
-        super().__init__(NODE_NAME, namespace=namespace, **kwargs)
+    def _declare(self) -> dict:
         values = {
             name: self.declare_parameter(name, spec.default, _descriptor(name)).value for name, spec in PARAMETERS.items()
         }
@@ -66,22 +68,19 @@ class DetectorNode(Node):
             raise ValueError(reason)
         if not values["model"]:
             raise ValueError("parameter 'model' (a bundle directory) is required")
+        return values
+
+    def _configure(self, values: dict, shared: dict | None) -> None:
+        self.values = values
+        self._stopping = True  # until activated
         self.detector, self.model_lock = self._load(values, {} if shared is None else shared)
         self.bundle_threshold = self.detector.threshold
         self._set_threshold(values["threshold"])
         self.overlay = values["overlay"]
         self.min_interval = 1.0 / values["max_rate"] if values["max_rate"] > 0 else 0.0
-        self.stats = FrameStats(backend=values["backend"], device=values["device"])
+        self.stats = FrameStats(backend=self._backend_name(values["backend"]), device=values["device"])
         self.factory = rclpy_factory()
         self.pipeline = self._pipeline(values)
-
-        qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=values["qos_depth"],
-            reliability=ReliabilityPolicy.BEST_EFFORT
-            if values["qos_reliability"] == "best_effort"
-            else ReliabilityPolicy.RELIABLE,
-        )
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
@@ -97,22 +96,53 @@ class DetectorNode(Node):
         }
         self.label_pub = self.create_publisher(LabelInfo, "label_info", latched)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.frame_id = ""
-        self._publish_label_info()
+        self.frame_id = values["frame_id"] or self.get_namespace().strip("/")
+        self._publish_label_info(force=True)
 
+    def _unconfigure(self) -> None:
+        for pub in (*self.outputs.values(), self.label_pub, self.diag_pub):
+            self.destroy_publisher(pub)
+        self.outputs = {}
+        self.detector = self.pipeline = None  # the model is released with them
+
+    def _activate(self) -> None:
+        values = self.values
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=values["qos_depth"],
+            reliability=ReliabilityPolicy.BEST_EFFORT
+            if values["qos_reliability"] == "best_effort"
+            else ReliabilityPolicy.RELIABLE,
+        )
         self.slot: LatestSlot = LatestSlot()
         if values["use_compressed"]:
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+            self.subscription = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
         else:
-            self.create_subscription(Image, "image", self._on_image, qos)
-        self.create_timer(1.0, self._publish_diagnostics)
-        self.add_on_set_parameters_callback(self._on_parameters)
-        self.worker = threading.Thread(target=self._work, name=f"flowclas-{self.get_name()}", daemon=True)
+            self.subscription = self.create_subscription(Image, "image", self._on_image, qos)
+        self.diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+        self._stopping = False
+        self.worker = threading.Thread(target=self._work, name=f"flowclas-{self.get_fully_qualified_name()}", daemon=True)
         self.worker.start()
         self.get_logger().info(
-            f"model {values['model']} on {values['backend']}/{values['device']}, threshold {self.detector.threshold:.3f}, "
+            f"model {values['model']} on {self.stats.backend}/{values['device']}, threshold {self.detector.threshold:.3f}, "
             f"input {self.resolve_topic_name('image/compressed' if values['use_compressed'] else 'image')}"
         )
+
+    def _deactivate(self) -> None:
+        """Stop the worker thread and the input (the model stays loaded)."""
+        self._stopping = True
+        if getattr(self, "worker", None) is None:
+            return
+        self.slot.close()
+        self.worker.join(timeout=5.0)
+        self.worker = None
+        self.destroy_subscription(self.subscription)
+        self.destroy_timer(self.diag_timer)
+
+
+    def _backend_name(self, requested: str) -> str:
+        """The backend in use (``auto`` resolved), from the detector's backend object."""
+        return getattr(self.detector.backend, "name", None) or requested
 
     @staticmethod
     def _load(values: dict, shared: dict):
@@ -133,7 +163,7 @@ class DetectorNode(Node):
 
         smoother = build_smoother(values["smoothing"])
         return FramePipeline(self.detector, self.factory, smoother=smoother, min_area=values["min_hazard_area"],
-                             stats=self.stats)
+                             stats=self.stats, max_input_pixels=values["max_input_pixels"])
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -143,12 +173,13 @@ class DetectorNode(Node):
 
     def _on_image(self, msg) -> None:
         self.stats.receive(self._now())
-        if self.slot.put(msg):
+        if self.slot.put((msg, time.monotonic())):
             self.stats.drop()
 
     def _work(self) -> None:
         last_start = -float("inf")
-        while (msg := self.slot.take()) is not None:
+        while (item := self.slot.take()) is not None:
+            msg, received = item
             if self.min_interval:
                 time.sleep(max(0.0, last_start + self.min_interval - time.monotonic()))
             last_start = time.monotonic()
@@ -162,18 +193,35 @@ class DetectorNode(Node):
                 continue
             if output is None:
                 continue
-            for suffix, out_msg in output.messages.items():
-                self.outputs[suffix].publish(out_msg)
-            now = self._now()
-            stamp = msg.header.stamp
-            self.stats.publish(now, now - (stamp.sec + stamp.nanosec * 1e-9))
-            self.frame_id = msg.header.frame_id
+            if self._stopping or not self.context.ok():
+                break
+            try:
+                for suffix, out_msg in output.messages.items():
+                    self.outputs[suffix].publish(out_msg)
+                latency = time.monotonic() - received  # receipt to publish, on this node's monotonic clock
+                now = self._now()
+                stamp = msg.header.stamp
+                self.stats.publish(now, latency, stamp_age=now - (stamp.sec + stamp.nanosec * 1e-9))
+                if msg.header.frame_id and msg.header.frame_id != self.frame_id:
+                    self.frame_id = msg.header.frame_id
+                    self._publish_label_info()  # label_info with the camera's frame_id, once known
+            except Exception:  # RCLError / InvalidHandle: the context went down under us (SIGINT, SIGTERM)
+                if self._stopping_or_down():
+                    break
+                raise
 
-    def _publish_label_info(self) -> None:
+    def _publish_label_info(self, force: bool = False) -> None:
+        if not self.context.ok() or (self._stopping and not force) or not self.outputs:
+            return
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
         self.label_pub.publish(self.factory.label_info(header, self.detector.threshold))
 
+    def _stopping_or_down(self) -> bool:
+        return getattr(self, "_stopping", False) or not self.context.ok()
+
     def _publish_diagnostics(self) -> None:
+        if self._stopping_or_down():
+            return
         level, message = self.stats.level()
         status = DiagnosticStatus(
             level=bytes([level]),
@@ -190,16 +238,79 @@ class DetectorNode(Node):
             return SetParametersResult(successful=False, reason=reason)
         if "overlay" in changes:
             self.overlay = changes["overlay"]
-        if "threshold" in changes:
+        if "threshold" in changes and getattr(self, "detector", None) is not None:
             self._set_threshold(changes["threshold"])
-            self._publish_label_info()
+            self._publish_label_info(force=True)
             self.get_logger().info(f"threshold now {self.detector.threshold:.3f}")
         return SetParametersResult(successful=True)
 
+
+class DetectorNode(_DetectorCore, Node):
+    """FlowCLAS on one camera. ``shared`` (multi-camera) maps model settings to a loaded
+    (detector, lock) pair so cameras with the same settings load the model once."""
+
+    def __init__(self, namespace: str = "", shared: dict | None = None, **kwargs) -> None:
+        super().__init__(NODE_NAME, namespace=namespace, **kwargs)
+        self._configure(self._declare(), shared)
+        self.add_on_set_parameters_callback(self._on_parameters)
+        self._activate()
+
     def destroy_node(self) -> None:
         """Stop the worker thread, then destroy the node."""
-        self.slot.close()
-        self.worker.join(timeout=5.0)
+        self._deactivate()
+        super().destroy_node()
+
+
+class ManagedDetectorNode(_DetectorCore, LifecycleNode):
+    """The detector as a managed (lifecycle) node (``flowclas_node --managed``): configure loads
+    the model and creates the outputs, activate subscribes and starts the worker, deactivate
+    stops them without unloading, cleanup unloads; shutdown from any state stops everything."""
+
+    def __init__(self, namespace: str = "", shared: dict | None = None, **kwargs) -> None:
+        super().__init__(NODE_NAME, namespace=namespace, **kwargs)
+        self.values = self._declare()
+        self.shared = shared
+        self.outputs: dict = {}
+        self.worker = None
+        self._stopping = True
+        self.add_on_set_parameters_callback(self._on_parameters)
+        self.get_logger().info("unconfigured: waiting for the configure transition")
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the model, create the outputs."""
+        try:
+            self._configure(self.values, self.shared)
+        except (FlowclasError, OSError, ValueError) as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info("configured: model loaded")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscribe and start the worker."""
+        self._activate()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the worker and the input; keep the model."""
+        self._deactivate()
+        self.get_logger().info("deactivated: input stopped, model kept")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy the outputs, unload the model."""
+        self._unconfigure()
+        self.get_logger().info("cleaned up: model unloaded")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the worker and the input."""
+        self._deactivate()
+        return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        """Stop the worker, then destroy the node."""
+        self._deactivate()
         super().destroy_node()
 
 
@@ -209,12 +320,16 @@ def main(args: list[str] | None = None) -> int:
     forward_to(rclpy.logging.get_logger(NODE_NAME))
     parser = argparse.ArgumentParser(prog="flowclas_node", description="FlowCLAS anomaly detector node")
     parser.add_argument("--cameras", nargs="+", default=[""], metavar="NS", help="camera namespaces served by this process")
+    parser.add_argument("--managed", action="store_true", help="lifecycle nodes: start unconfigured, driven by "
+                        "lifecycle_msgs/ChangeState (configure, activate, deactivate, cleanup, shutdown)")
     options = parser.parse_args(remove_ros_args(args if args is not None else sys.argv)[1:])
     nodes, shared = [], {}
     try:
         try:
-            nodes = [DetectorNode(namespace=ns, shared=shared) for ns in options.cameras]
-        except Exception as exc:  # bad parameters or bundle: one line, not a traceback
+            cls = ManagedDetectorNode if options.managed else DetectorNode
+            nodes = [cls(namespace=ns, shared=shared) for ns in options.cameras]
+            forward_to(nodes[0].get_logger())  # a node's logger: its lines reach /rosout
+        except (FlowclasError, OSError, ValueError) as exc:  # bad parameters or bundle: one line, not a traceback
             print(f"flowclas_node: error: {exc}", file=sys.stderr)
             return 1
         executor = MultiThreadedExecutor()

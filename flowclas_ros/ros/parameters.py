@@ -48,7 +48,15 @@ PARAMETERS: dict[str, Parameter] = {
     "qos_reliability": Parameter("best_effort", "image subscription reliability", choices=("best_effort", "reliable")),
     "qos_depth": Parameter(1, "image subscription queue depth", range=(1, 100)),
     "threshold": Parameter(-1.0, "mask threshold; -1 = the bundle's calibrated value", (-1.0, 1.0), dynamic=True),
-    "min_hazard_area": Parameter(0, "smallest reported hazard region, pixels", range=(0, 100_000_000)),
+    # 16 px (a 4x4 blob): below that a "hazard" is a few noisy pixels of the score map, not an
+    # object a robot can act on; 0 reports every connected speck.
+    "min_hazard_area": Parameter(16, "smallest reported hazard region, pixels (0 = all)", range=(0, 100_000_000)),
+    # 4096 x 3072 = 12.6 MP: above every common robot camera (1080p 2.1 MP, 4K 8.3 MP, 12 MP
+    # sensors), and one such frame costs ~38 MB RGB plus ~50 MB of score: a frame claiming
+    # more is refused from its header, before anything is decoded.
+    "max_input_pixels": Parameter(4096 * 3072, "largest input image accepted, width x height pixels (checked "
+                                  "before decoding)", range=(1, 16384 * 16384)),
+    "frame_id": Parameter("", "frame_id of label_info until the first image arrives; empty = the namespace"),
     "smoothing": Parameter("none", "score smoothing over regions", choices=SMOOTHING_CHOICES),
     "overlay": Parameter(True, "publish anomaly_overlay (computed only while subscribed)", dynamic=True),
     "max_rate": Parameter(0.0, "most frames processed per second; 0 = as fast as the model", (0.0, 1000.0)),

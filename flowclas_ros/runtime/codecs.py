@@ -20,6 +20,7 @@ Encoding notes:
 from __future__ import annotations
 
 import io
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,17 @@ from flowclas_ros.vocabulary import MAX_SIDE
 MAX_COMPRESSED_PIXELS = 64 * 2**20  # a few bytes of PNG may claim any size: cap what we inflate
 
 _LITTLE_HOST = sys.byteorder == "little"
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _clean(exc: BaseException) -> str:
+    """An exception's message without object reprs (``<... at 0x7f...>``: addresses leak, vary)."""
+    return _OBJECT_REPR.sub("<object>", str(exc)) or type(exc).__name__
+
+
+def _check_pixels(h: int, w: int, max_pixels: int | None, what: str = "image") -> None:
+    if max_pixels is not None and h * w > max_pixels:
+        raise MessageError(f"{what} of {w}x{h} = {h * w} pixels exceeds max_input_pixels {max_pixels}", "size")
 
 
 class MessageError(FlowclasError):
@@ -186,7 +198,7 @@ def _is_compressed(msg: Any) -> bool:
     return hasattr(msg, "format") and not hasattr(msg, "encoding")
 
 
-def _open_compressed(msg: Any, formats: tuple[str, ...]):
+def _open_compressed(msg: Any, formats: tuple[str, ...], max_pixels: int | None = None):
     from PIL import Image
 
     kind = str(msg.format).lower()
@@ -195,25 +207,28 @@ def _open_compressed(msg: Any, formats: tuple[str, ...]):
         raise MessageError(f"compressed format {msg.format!r} is not one of {', '.join(formats).lower()}", "format")
     try:
         image = Image.open(io.BytesIO(_buffer(msg.data).tobytes()), formats=list(formats))
-        h, w = _check_size(image.height, image.width)
+        h, w = _check_size(image.height, image.width)  # from the header: nothing decoded yet
         if h * w > MAX_COMPRESSED_PIXELS:
             raise MessageError(f"compressed image of {w}x{h} pixels exceeds the {MAX_COMPRESSED_PIXELS} pixel budget", "size")
+        _check_pixels(h, w, max_pixels, "compressed image")
         image.load()
     except MessageError:
         raise
     except Exception as exc:  # PIL raises many kinds for corrupt or hostile payloads
-        raise MessageError(f"compressed image ({msg.format}) failed to decode: {exc}", "decode") from exc
+        raise MessageError(f"compressed image ({msg.format}) failed to decode: {_clean(exc)}", "decode") from exc
     return image
 
 
-def decode_image(msg: Any) -> np.ndarray:
+def decode_image(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     """sensor_msgs/Image or CompressedImage -> ``H x W x 3`` uint8 RGB (a view when possible).
 
-    Raises :class:`MessageError` for an unknown encoding, a size outside 1..16384 a side, a
-    step or data length that does not fit width and height, or a payload that fails to decode.
+    Raises :class:`MessageError` for an unknown encoding, a size outside 1..16384 a side, more
+    than ``max_pixels`` pixels (checked before anything is decoded: a compressed image's size
+    is read from its PNG/JPEG header), a step or data length that does not fit width and
+    height, or a payload that fails to decode.
     """
     if _is_compressed(msg):
-        image = _open_compressed(msg, ("JPEG", "PNG"))
+        image = _open_compressed(msg, ("JPEG", "PNG"), max_pixels)
         if image.mode.startswith("I;16") or image.mode == "I":
             grey = np.asarray(image, dtype=np.uint16) >> 8
             return np.broadcast_to(grey.astype(np.uint8)[..., None], grey.shape + (3,))
@@ -222,6 +237,7 @@ def decode_image(msg: Any) -> np.ndarray:
     layout = _LAYOUTS.get(encoding)
     if layout is None:
         raise MessageError(f"unsupported image encoding {encoding!r} (supported: {', '.join(ENCODINGS)})", "encoding")
+    _check_pixels(*_check_size(msg.height, msg.width), max_pixels)
     raw = _raw_view(msg, layout)
     kind = layout.kind
     if kind in ("uyvy", "yuyv"):

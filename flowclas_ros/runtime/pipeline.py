@@ -2,15 +2,18 @@
 
 decode (``codecs``) -> ``Detector.detect`` -> optional smoothing, re-threshold and hazards ->
 output messages (``MessageFactory``), each carrying a copy of the input header. A message that
-cannot be decoded is rejected: counted by reason, logged (the first of each reason as a
-warning, later ones at debug level so a bad stream cannot flood the log), and the pipeline
-carries on with the next frame.
+cannot be decoded (or is larger than ``max_input_pixels``, checked before decoding) is
+rejected: counted by reason, logged as a warning with its reason and header stamp, at most one
+line per reason per ``log_interval`` seconds (the next line says how many more were rejected
+since, so a bad stream cannot flood the log), and the pipeline carries on with the next frame.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -66,21 +69,27 @@ class FramePipeline:
     """
 
     def __init__(self, detector: Detector, factory: MessageFactory, smoother: Smoother | None = None,
-                 min_area: int = 0, stats: FrameStats | None = None) -> None:
+                 min_area: int = 0, stats: FrameStats | None = None, max_input_pixels: int | None = None,
+                 log_interval: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.detector = detector
         self.factory = factory
         self.smoother = smoother
         self.min_area = int(min_area)
         self.stats = FrameStats() if stats is None else stats
+        self.max_input_pixels = max_input_pixels
+        self.log_interval = log_interval
+        self.clock = clock
+        self._last_log: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
 
     def process(self, msg: Any, overlay: bool = False) -> PipelineOutput | None:
         """Detect on one sensor_msgs/Image or CompressedImage; None when the message is rejected."""
         t0 = time.perf_counter()
         try:
             header = _checked_header(msg)
-            frame = decode_image(msg)
+            frame = decode_image(msg, max_pixels=self.max_input_pixels)
         except MessageError as exc:
-            self._reject(exc)
+            self._reject(exc, msg)
             return None
         t1 = time.perf_counter()
         detection = self.detector.detect(frame)
@@ -110,6 +119,23 @@ class FramePipeline:
         mask = score >= detection.threshold
         return Detection(score, mask, detection.threshold, find_hazards(mask, score, self.min_area))
 
-    def _reject(self, exc: MessageError) -> None:
-        first = self.stats.reject(exc.reason) == 1
-        log.log(logging.WARNING if first else logging.DEBUG, "rejected image message (%s): %s", exc.reason, exc)
+    def _reject(self, exc: MessageError, msg: Any) -> None:
+        reason = exc.reason
+        self.stats.reject(reason)
+        now = self.clock()
+        last = self._last_log.get(reason)
+        if last is not None and now - last < self.log_interval:
+            self._suppressed[reason] += 1
+            return
+        self._last_log[reason] = now
+        more = self._suppressed.pop(reason, 0)
+        since = f" ({more} more rejected for {reason} since the last line)" if more else ""
+        log.warning("rejected image message stamped %s (%s): %s%s", _stamp(msg), reason, exc, since)
+
+
+def _stamp(msg: Any) -> str:
+    stamp = getattr(getattr(msg, "header", None), "stamp", None)
+    sec, nanosec = getattr(stamp, "sec", None), getattr(stamp, "nanosec", None)
+    if isinstance(sec, Integral) and isinstance(nanosec, Integral):
+        return f"{int(sec)}.{int(nanosec):09d}"
+    return "?"

@@ -9,7 +9,9 @@ same object, so every update and every read holds one lock.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -62,10 +64,19 @@ class Latencies:
         return out
 
 
-class FrameStats:
-    """Frame counters of one detector, on a caller-given clock (seconds)."""
+MAX_STAMP_AGE = 60.0  # seconds; a larger (or negative) header-stamp age means unsynchronised clocks
 
-    def __init__(self, backend: str = "", device: str = "", latency_samples: int | None = 1000) -> None:
+
+class FrameStats:
+    """Frame counters of one detector, on a caller-given clock (seconds).
+
+    Rates and latencies take ``now`` from the caller. Rejections are remembered on ``clock``
+    (default ``time.monotonic``) for ``reject_window`` seconds: :meth:`level` warns only about
+    rejections that recent, so one bad frame does not keep the diagnostics at WARN forever.
+    """
+
+    def __init__(self, backend: str = "", device: str = "", latency_samples: int | None = 1000,
+                 reject_window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
         self.device = device
         self.received = self.processed = self.dropped = self.rejected = 0
@@ -73,6 +84,10 @@ class FrameStats:
         self.input_rate = RateMeter()
         self.output_rate = RateMeter()
         self.latency = Latencies(latency_samples)
+        self.stamp_age = Latencies(latency_samples)
+        self.reject_window = reject_window
+        self.clock = clock
+        self._recent_rejects: deque[float] = deque()
         self._lock = threading.Lock()
 
     def receive(self, now: float) -> None:
@@ -91,19 +106,29 @@ class FrameStats:
         with self._lock:
             self.rejected += 1
             self.rejected_by_reason[reason] += 1
+            self._recent_rejects.append(self.clock())
             return self.rejected_by_reason[reason]
+
+    def _recent(self, now: float) -> int:
+        while self._recent_rejects and self._recent_rejects[0] < now - self.reject_window:
+            self._recent_rejects.popleft()
+        return len(self._recent_rejects)
 
     def process(self) -> None:
         """A frame went through the model and produced its messages."""
         with self._lock:
             self.processed += 1
 
-    def publish(self, now: float, latency: float | None = None) -> None:
-        """A frame's outputs went out at ``now``; ``latency`` in seconds when known."""
+    def publish(self, now: float, latency: float | None = None, stamp_age: float | None = None) -> None:
+        """A frame's outputs went out at ``now``; ``latency`` in seconds (receipt to publish)
+        when known; ``stamp_age`` (now minus the header stamp) is kept only when plausible
+        (0..60 s: the camera's clock is then close enough to ours to mean something)."""
         with self._lock:
             self.output_rate.tick(now)
             if latency is not None:
                 self.latency.add(latency)
+            if stamp_age is not None and 0.0 <= stamp_age <= MAX_STAMP_AGE:
+                self.stamp_age.add(stamp_age)
 
     def values(self, now: float) -> dict[str, str]:
         """Key/value strings for a diagnostic_msgs/DiagnosticStatus."""
@@ -119,13 +144,16 @@ class FrameStats:
                 "rejected": str(self.rejected),
             }
             values.update({f"latency_{k}_ms": f"{v:.1f}" for k, v in self.latency.percentiles_ms().items()})
+            if len(self.stamp_age):
+                values["stamp_age_ms"] = f"{self.stamp_age.percentiles_ms((50,))['p50']:.1f}"
         return values
 
-    def level(self) -> tuple[int, str]:
-        """DiagnosticStatus level (0 OK, 1 WARN) and message."""
+    def level(self, now: float | None = None) -> tuple[int, str]:
+        """DiagnosticStatus level (0 OK, 1 WARN) and message; ``now`` on ``clock`` (default: its time)."""
         with self._lock:
+            recent = self._recent(self.clock() if now is None else now)
             if self.received and not self.processed:
                 return 1, "no frame processed yet"
-            if self.rejected:
-                return 1, f"{self.rejected} malformed frame(s) rejected"
+            if recent:
+                return 1, f"{recent} malformed frame(s) rejected in the last {self.reject_window:g} s"
             return 0, "running"

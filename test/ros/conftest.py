@@ -307,7 +307,7 @@ def _param_value(value: Any) -> str:
 
 @pytest.fixture
 def node_process(ros_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
-    """Factory: ``node_process(params=None, remaps=None, args=None, *, ready=NODE_READY_LOG)``.
+    """Factory: ``node_process(params=None, remaps=None, args=None, *, ready=NODE_READY_LOG, params_file=None)``.
 
     ``params`` default to the demo bundle on the torch backend; ``args`` go before
     ``--ros-args`` (e.g. ``["--cameras", "front"]``). Returns once the node logged its start
@@ -323,9 +323,12 @@ def node_process(ros_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[.
         *,
         ready: str | None = NODE_READY_LOG,
         timeout: float = STARTUP_TIMEOUT,
+        params_file: Path | None = None,
     ) -> NodeProcess:
         values = {"model": str(DEMO_MODEL), "backend": "torch", **(params or {})}
         command = [str(VENV / "bin" / "flowclas_node"), *(args or []), "--ros-args"]
+        if params_file is not None:  # as a launch file's `parameters=[file, {...}]`: -p overrides it
+            command += ["--params-file", str(params_file)]
         for name, value in values.items():
             command += ["-p", f"{name}:={_param_value(value)}"]
         for source, target in (remaps or {}).items():
