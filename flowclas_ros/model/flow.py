@@ -25,6 +25,8 @@ class ActNorm(nn.Module):
     while ``self.training`` is true.
     """
 
+    initialized: Tensor
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.loc = nn.Parameter(torch.zeros(1, channels, 1, 1))
@@ -70,6 +72,9 @@ class ActNorm(nn.Module):
 
 class Permutation(nn.Module):
     """A fixed random channel permutation (seeded; log-det 0)."""
+
+    perm: Tensor
+    inv: Tensor
 
     def __init__(self, channels: int, seed: int) -> None:
         super().__init__()
@@ -147,7 +152,7 @@ class SimpleSubnet(nn.Module):
         self.conv1 = nn.Conv2d(cin, hidden, kernel, padding=kernel // 2)
         self.conv2 = nn.Conv2d(hidden, cout, kernel, padding=kernel // 2)
         nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        nn.init.zeros_(self.conv2.bias)  # type: ignore[arg-type]  # the conv has a bias
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the module (see the class docstring)."""
@@ -248,7 +253,7 @@ class Flow(nn.Module):
     def inverse(self, z: Tensor) -> Tensor:
         """Invert :meth:`forward` exactly."""
         for step in reversed(self.steps):
-            z = step.inverse(z)
+            z = step.inverse(z)  # type: ignore[operator]  # ModuleList items are FlowSteps
         return z
 
 

@@ -133,7 +133,7 @@ class FlowCLASNet(nn.Module):
         size = padded.shape[-2:]
         maps = []
         for (z, _), base in zip(self.latents(self.features(padded)), self.bases):
-            logp = base.score_log_density(z)
+            logp = base.score_log_density(z)  # type: ignore[operator]  # ModuleList of DiagonalGaussian
             value = torch.exp(logp) if self.config.score == "prob" else logp
             maps.append(F.interpolate(value[:, None], size=size, mode="bilinear", align_corners=False))
         mean = torch.cat(maps, dim=1).mean(dim=1)
