@@ -32,6 +32,7 @@ class FlowConfig:
     clamp: float = 2.0
     learnable_base: bool = True
     seed: int = 0
+    whiten: bool = False  # a data-initialised whitening before the steps (flow.Whitening); not in the paper
 
     @classmethod
     def for_head(cls, head: str) -> "FlowConfig":

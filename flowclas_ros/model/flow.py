@@ -210,10 +210,49 @@ class FlowStep(nn.Module):
         return self.actnorm.inverse(self.permute.inverse(self.coupling.inverse(y)))
 
 
+class Whitening(nn.Module):
+    """A fixed linear map ``y = W (x - m)`` set once from inlier data so that ``y`` is white.
+
+    ``W`` is the inverse Cholesky factor of the (ridge-shrunk) channel covariance: a data
+    initialisation of the flow's first layer that makes the untrained flow the closed-form
+    full-covariance Gaussian (what a diagonal ActNorm cannot give). Buffers only (nothing
+    trains); its log-det is the constant ``H*W*log|det W|``. Until ``initialize`` runs it is
+    the identity.
+    """
+
+    def __init__(self, channels: int, ridge: float = 0.01) -> None:
+        super().__init__()
+        self.ridge = ridge
+        self.register_buffer("weight", torch.eye(channels))
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("log_det", torch.zeros(()))
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set ``W`` and ``m`` from the pixels of ``x`` (``B x C x H x W``, or ``N x C`` vectors)."""
+        v = (x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) if x.dim() == 4 else x).double()
+        mean = v.mean(0)
+        cov = torch.cov(v.t()).reshape(v.shape[1], v.shape[1])
+        cov = cov + self.ridge * cov.diagonal().mean().clamp(min=1e-12) * torch.eye(v.shape[1], dtype=cov.dtype)
+        chol = torch.linalg.cholesky(cov)
+        weight = torch.linalg.inv(chol)
+        self.weight.copy_(weight.float())
+        self.mean.copy_(mean.float())
+        self.log_det.fill_(float(-torch.log(chol.diagonal()).sum()))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y = F.conv2d(x - self.mean.view(1, -1, 1, 1), self.weight[:, :, None, None])
+        return y, (self.log_det * (x.shape[2] * x.shape[3])).expand(x.shape[0])
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return F.conv2d(y, torch.linalg.inv(self.weight)[:, :, None, None]) + self.mean.view(1, -1, 1, 1)
+
+
 class Flow(nn.Module):
     """A stack of flow steps on a ``B x C x H x W`` map; returns (z, log-det per sample).
 
-    subnet: ``"residual"`` (FlowCLAS) or ``"simple"`` (FastFlow: kernels 3, 1, 3, ...).
+    subnet: ``"residual"`` (FlowCLAS) or ``"simple"`` (FastFlow: kernels 3, 1, 3, ...);
+    whiten: a data-initialised ``Whitening`` before the steps.
     """
 
     def __init__(
@@ -224,8 +263,10 @@ class Flow(nn.Module):
         hidden_ratio: float = 1.0,
         clamp: float = 2.0,
         seed: int = 0,
+        whiten: bool = False,
     ) -> None:
         super().__init__()
+        self.whiten = Whitening(channels) if whiten else None
         if channels < 2:
             raise ValueError(f"a coupling flow needs at least 2 channels, got {channels}")
         c1 = split_channels(channels)
@@ -245,6 +286,8 @@ class Flow(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Apply the module (see the class docstring)."""
         logdet = x.new_zeros(x.shape[0])
+        if self.whiten is not None:
+            x, logdet = self.whiten(x)
         for step in self.steps:
             x, ld = step(x)
             logdet = logdet + ld
@@ -254,7 +297,7 @@ class Flow(nn.Module):
         """Invert :meth:`forward` exactly."""
         for step in reversed(self.steps):
             z = step.inverse(z)  # type: ignore[operator]  # ModuleList items are FlowSteps
-        return z
+        return z if self.whiten is None else self.whiten.inverse(z)
 
 
 class ChannelLayerNorm(nn.Module):

@@ -81,7 +81,7 @@ class FlowCLASNet(nn.Module):
         chans = self.encoder.channels
         self.norms = nn.ModuleList(ChannelLayerNorm(c) for c in chans)
         self.flows = nn.ModuleList(
-            Flow(c, fc.steps, fc.subnet, fc.hidden_ratio, fc.clamp, seed=fc.seed + i)
+            Flow(c, fc.steps, fc.subnet, fc.hidden_ratio, fc.clamp, seed=fc.seed + i, whiten=fc.whiten)
             for i, c in enumerate(chans)
         )
         self.bases = nn.ModuleList(DiagonalGaussian(c, fc.learnable_base) for c in chans)
@@ -125,6 +125,19 @@ class FlowCLASNet(nn.Module):
     def pad(self, x: Tensor) -> Tensor:
         """Pad a normalised batch, centred, to the encoder's multiple with black pixels."""
         return pad_to_multiple(x, self.encoder.pad_multiple, self.pad_value)
+
+    @torch.no_grad()
+    def initialize_from_data(self, x: Tensor, chunk: int = 0) -> None:
+        """Data initialisation from inlier images (normalised, padded): whitening, then every
+        ActNorm, from these pixels rather than from the first (outlier-pasted) training batch."""
+        mode = self.training
+        self.train()
+        for f, norm, flow in zip(self.features(x, chunk), self.norms, self.flows):
+            h = norm(f)
+            if flow.whiten is not None:
+                flow.whiten.initialize(h)
+            flow(h)  # ActNorms initialise on their first training forward
+        self.train(mode)
 
     def raw_score(self, x: Tensor) -> Tensor:
         """Unsquashed score map ``B x H x W`` (docs/method.md 2.5) for a normalised batch."""

@@ -1,4 +1,4 @@
-"""Inlier scenes of the two domains, ``orbital`` and ``road``, and ``inlier_image``."""
+"""Inlier scenes of the domains (``orbital``, ``road``, ``terrain``, ``warehouse``, ``underwater``) and ``inlier_image``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from flowclas_ros.synthetic.render import Layer, Light, Raster, Scene, cylinder, expose, noise, render, sensor_noise
 
-DOMAINS = ("orbital", "road")
+DOMAINS = ("orbital", "road", "terrain", "warehouse", "underwater")
 
 
 def check_domain(domain: str) -> None:
@@ -348,8 +348,186 @@ def _ellipse(centre, rx: float, ry: float, n: int = 24) -> list:
     return list(zip(centre[0] + rx * np.cos(a), centre[1] + ry * np.sin(a)))
 
 
+# --------------------------------------------------------------------------- ground scenes
+# terrain (a planetary rover's view), warehouse (indoor aisle), underwater (seabed): a
+# horizon row, a perspective ground below it, and domain furniture standing on the ground.
+
+
+def _ground_light(rng: np.random.Generator) -> Light:
+    direction = _unit([rng.uniform(-1, 1), -rng.uniform(0.3, 1.5), rng.uniform(0.0, 0.8)])
+    tint = _unit(1.0 + rng.uniform(-0.06, 0.06, 3)) * np.sqrt(3)
+    return Light(direction, float(rng.uniform(0.6, 1.1)), float(rng.uniform(0.2, 0.45)), tint)
+
+
+def _gradient(r: Raster, top, bottom, y0: float, y1: float) -> np.ndarray:
+    t = np.clip((r.y - y0) / max(1.0, y1 - y0), 0, 1)[..., None]
+    return (np.float32(top) * (1 - t) + np.float32(bottom) * t).astype(np.float32)
+
+
+def _bumpy(rng, shape, cell: float, strength: float) -> np.ndarray:
+    """Normals of a gently bumpy ground seen from above the horizon."""
+    gx, gy = noise(rng, shape, cell), noise(rng, shape, cell)
+    return _unit(np.stack([strength * gx, -0.9 + strength * gy, np.full(shape, 0.45, np.float32)], -1))
+
+
+def _blob(rng, centre, rx: float, ry: float, n: int = 14) -> list:
+    a = np.sort(rng.uniform(0, 2 * np.pi, n))
+    k = rng.uniform(0.7, 1.0, n)
+    return list(zip(centre[0] + rx * k * np.cos(a), centre[1] + ry * k * np.sin(a)))
+
+
+def _rock(rng, r: Raster, x: float, base: float, size: float, colour) -> Layer:
+    """A shaded rock resting on the ground at (x, base), ``size`` px wide."""
+    rx, ry = size / 2, size * rng.uniform(0.25, 0.45)
+    centre = np.float32([x, base - ry * 0.8])
+    cov = r.shapes(polygons=[_blob(rng, centre, rx, ry)])
+    nxy = np.stack([(r.x - centre[0]) / (rx * 1.3), (r.y - centre[1]) / (ry * 1.3)], -1)
+    nz = np.sqrt(np.clip(1 - (nxy**2).sum(-1, keepdims=True), 0.05, 1))
+    albedo = np.float32(colour) * rng.uniform(0.7, 1.2)
+    return Layer(cov, albedo, np.concatenate([nxy, nz], -1), specular=0.05, shadow=size * 0.3)
+
+
+def _terrain_scene(rng: np.random.Generator, shape: tuple[int, int]) -> Scene:
+    h, w = shape
+    r = Raster(shape)
+    s = h / 240
+    yh = h * rng.uniform(0.2, 0.45)
+    layers: list[Layer] = []
+    top, low = pick(rng, [((0.0, 0.0, 0.0), (0.05, 0.05, 0.06)), ((0.55, 0.42, 0.3), (0.8, 0.65, 0.5)),
+                          ((0.35, 0.45, 0.6), (0.75, 0.72, 0.7))])
+    layers.append(Layer(np.ones(shape, np.float32), _gradient(r, top, low, 0, yh), receives=False))
+    soil = np.float32(pick(rng, [(0.55, 0.35, 0.22), (0.5, 0.48, 0.45), (0.62, 0.5, 0.36), (0.35, 0.3, 0.28)]))
+    for k in range(int(rng.integers(1, 3))):  # far ridges
+        ridge = yh - (1 + noise(rng, (1, w), rng.uniform(20, 60) * s)[0] * 0.5) * rng.uniform(5, 30) * s * (k + 1)
+        cov = np.clip(r.y - ridge[None, :], 0, 1) * (r.y < yh + 2)
+        layers.append(Layer(cov.astype(np.float32), soil * rng.uniform(0.6, 0.9) * np.float32([1, 1, 1.05]),
+                            _unit([0, -0.5, 1.0])))
+    grain, blotch = noise(rng, shape, 1.0), noise(rng, shape, 12 * s)
+    ground = np.clip(r.y - yh, 0, 1).astype(np.float32)
+    albedo = soil * (1 + 0.08 * grain + 0.15 * blotch)[..., None]
+    layers.append(Layer(ground, albedo.astype(np.float32), _bumpy(rng, shape, 15 * s, 0.25)))
+    for _ in range(int(rng.integers(0, 3))):  # craters: a dark bowl with a lit rim
+        base = rng.uniform(yh + 0.1 * (h - yh), h)
+        cx, rx = rng.uniform(0, w), (base - yh) * rng.uniform(0.3, 0.9)
+        bowl = r.shapes(polygons=[_ellipse((cx, base), rx, rx * 0.25)])
+        rim = r.shapes(polygons=[_ellipse((cx, base - rx * 0.04), rx * 1.1, rx * 0.3)])
+        layers.append(Layer(rim, soil * 1.15, _unit([0, -0.9, 0.45])))
+        layers.append(Layer(bowl, soil * 0.7, _unit([0, 0.3, 1.0])))
+    if rng.random() < 0.5:  # wheel tracks towards the vanishing point
+        xv, spread = rng.uniform(0.3, 0.7) * w, rng.uniform(0.2, 0.4) * w
+        for side in (-1, 1):
+            x0 = xv + side * spread
+            quad = [(xv + side * 2, yh + 2), (x0 + 6 * s, h), (x0 - 6 * s, h)]
+            layers.append(Layer(r.shapes(polygons=[quad]) * 0.6, soil * 0.6, _unit([0, -0.9, 0.45])))
+    rock_colour = soil * np.float32([0.8, 0.8, 0.85])
+    for base in sorted(rng.uniform(yh + 3, h * 1.1, int(rng.integers(4, 25)))):
+        size = (base - yh) * rng.uniform(0.05, 0.35)
+        layers.append(_rock(rng, r, rng.uniform(0, w), base, max(2.0, size), rock_colour))
+    return Scene(layers, shape, horizon=float(yh))
+
+
+def _warehouse_scene(rng: np.random.Generator, shape: tuple[int, int]) -> Scene:
+    h, w = shape
+    r = Raster(shape)
+    s = h / 240
+    yh = h * rng.uniform(0.45, 0.62)
+    xv = w * rng.uniform(0.35, 0.65)
+    layers: list[Layer] = []
+    wall = np.float32(pick(rng, [(0.75, 0.75, 0.72), (0.6, 0.62, 0.65), (0.8, 0.76, 0.68)]))
+    layers.append(Layer(np.ones(shape, np.float32), wall * (1 + 0.03 * noise(rng, shape, 8 * s))[..., None],
+                        _unit([0, 0, 1.0])))
+    for x in np.arange(rng.uniform(0, 60) * s, w, rng.uniform(50, 90) * s):  # ceiling lamps
+        layers.append(Layer(r.shapes(polygons=[[(x, 4 * s), (x + 25 * s, 4 * s), (x + 25 * s, 9 * s), (x, 9 * s)]]),
+                            np.float32([1.0, 1.0, 0.95]), receives=False))
+    floor = np.float32(pick(rng, [(0.5, 0.5, 0.5), (0.45, 0.47, 0.5), (0.55, 0.52, 0.45)]))
+    grain = noise(rng, shape, 1.0)
+    layers.append(Layer(np.clip(r.y - yh, 0, 1).astype(np.float32),
+                        floor * (1 + 0.06 * grain + 0.08 * noise(rng, shape, 20 * s))[..., None],
+                        _unit([0, -0.9, 0.45]), specular=0.15))
+    line = np.float32([0.85, 0.7, 0.1])
+    for k in rng.uniform(0.25, 0.6, 2) * np.array([-1, 1]):  # painted aisle lines
+        x0 = xv + k * w * 2
+        layers.append(Layer(r.shapes(polygons=[[(xv + k * 8, yh + 1), (x0 + 5 * s, h), (x0 - 5 * s, h)]]), line,
+                            _unit([0, -0.9, 0.45])))
+    upright = np.float32(pick(rng, [(0.85, 0.45, 0.1), (0.2, 0.3, 0.6), (0.5, 0.5, 0.52)]))
+    beam = np.float32(pick(rng, [(0.9, 0.55, 0.1), (0.15, 0.25, 0.55)]))
+    for side in (-1, 1):  # a rack on each side of the aisle, in perspective
+        near = xv + side * w * rng.uniform(0.35, 0.6)
+        top_near, top_far = -0.2 * h, yh - (yh * 0.75)
+        levels = int(rng.integers(3, 5))
+        for j in range(levels + 1):
+            f = j / levels
+            y_near, y_far = top_near + (h * 0.95 - top_near) * f, top_far + (yh - top_far) * f
+            xf = xv + side * w * 0.06
+            layers.append(Layer(r.shapes(lines=[((near, y_near), (xf, y_far))], width=3 * s), beam,
+                                _unit([0, 0, 1.0])))
+        for d in np.linspace(0, 1, int(rng.integers(3, 6))):  # boxes between beams, near to far
+            xa = near + (xv + side * w * 0.06 - near) * d
+            for j in range(levels):
+                if rng.random() < 0.3:
+                    continue
+                f0, f1 = j / levels, (j + 1) / levels
+                y0 = top_near + (h * 0.95 - top_near) * f0
+                y1 = top_near + (h * 0.95 - top_near) * f1
+                scale = 1 - 0.8 * d
+                yy0, yy1 = yh + (y0 - yh) * scale, yh + (y1 - yh) * scale
+                bw = 40 * s * scale * rng.uniform(0.6, 1.0)
+                box = [(xa - bw / 2, yy0 + (yy1 - yy0) * rng.uniform(0.2, 0.5)), (xa + bw / 2, yy0 + (yy1 - yy0) * 0.3),
+                       (xa + bw / 2, yy1 - 2), (xa - bw / 2, yy1 - 2)]
+                colour = np.float32(pick(rng, [(0.6, 0.45, 0.3), (0.65, 0.5, 0.35), (0.85, 0.85, 0.82), (0.3, 0.4, 0.6)]))
+                layers.append(Layer(r.shapes(polygons=[box]), colour * rng.uniform(0.8, 1.1),
+                                    _unit([side * -0.3, 0, 1.0]), shadow=4 * s))
+        layers.append(Layer(r.shapes(lines=[((near, -10), (near, h))], width=6 * s), upright, _unit([0, 0, 1.0])))
+    for _ in range(int(rng.integers(0, 3))):  # pallets on the floor
+        base = rng.uniform(yh + 0.2 * (h - yh), h)
+        size = (base - yh) * rng.uniform(0.6, 1.0)
+        x = rng.uniform(0.1, 0.9) * w
+        quad = [(x - size / 2, base - size * 0.15), (x + size / 2, base - size * 0.15), (x + size / 2, base), (x - size / 2, base)]
+        layers.append(Layer(r.shapes(polygons=[quad]), np.float32([0.6, 0.48, 0.3]), _unit([0, -0.3, 1.0]), shadow=3 * s))
+    return Scene(layers, shape, horizon=float(yh))
+
+
+def _underwater_scene(rng: np.random.Generator, shape: tuple[int, int]) -> Scene:
+    h, w = shape
+    r = Raster(shape)
+    s = h / 240
+    yh = h * rng.uniform(0.25, 0.5)
+    layers: list[Layer] = []
+    deep, shallow = pick(rng, [((0.02, 0.12, 0.25), (0.1, 0.4, 0.5)), ((0.02, 0.18, 0.18), (0.15, 0.45, 0.35)),
+                               ((0.05, 0.1, 0.3), (0.2, 0.35, 0.55))])
+    water = _gradient(r, shallow, deep, 0, yh * 1.2)
+    rays = np.clip(noise(rng, shape, 25 * s, aspect=0.15) * 0.15, 0, None)[..., None]
+    layers.append(Layer(np.ones(shape, np.float32), (water + rays).astype(np.float32), receives=False))
+    sand = np.float32(pick(rng, [(0.7, 0.65, 0.5), (0.55, 0.52, 0.42), (0.45, 0.45, 0.4)]))
+    ripple = np.sin(r.y / (3 * s) * (1 + (r.y - yh).clip(0) / h) + 2 * noise(rng, shape, 15 * s))
+    caustic = np.clip(1 - np.abs(noise(rng, shape, 6 * s)), 0, 1) ** 4
+    albedo = sand * (1 + 0.1 * ripple + 0.35 * caustic)[..., None]
+    layers.append(Layer(np.clip(r.y - yh, 0, 1).astype(np.float32), albedo.astype(np.float32),
+                        _bumpy(rng, shape, 10 * s, 0.2)))
+    rock_colour = np.float32(pick(rng, [(0.35, 0.38, 0.35), (0.4, 0.35, 0.3)]))
+    for base in sorted(rng.uniform(yh + 3, h * 1.1, int(rng.integers(2, 10)))):
+        layers.append(_rock(rng, r, rng.uniform(0, w), base, max(3.0, (base - yh) * rng.uniform(0.1, 0.5)), rock_colour))
+        if rng.random() < 0.6:  # weed growing off the rock
+            x = rng.uniform(0, w)
+            for _ in range(int(rng.integers(2, 6))):
+                height = (base - yh) * rng.uniform(0.3, 1.2)
+                pts = [(x + rng.uniform(-0.1, 0.1) * height, base - height * k / 4) for k in range(5)]
+                segs = list(zip(pts[:-1], pts[1:]))
+                green = np.float32([rng.uniform(0.1, 0.3), rng.uniform(0.35, 0.55), rng.uniform(0.1, 0.25)])
+                layers.append(Layer(r.shapes(lines=segs, width=max(1.0, height * 0.06)), green, _unit([0, 0, 1.0])))
+    haze = np.clip(1 - (r.y - yh) / (0.5 * (h - yh)), 0, 1) * (r.y > yh) * rng.uniform(0.3, 0.7)
+    layers.append(Layer(haze.astype(np.float32), water, receives=False))
+    return Scene(layers, shape, horizon=float(yh))
+
+
 # domain: (scene builder, light drawer), both taking the random generator
-SCENES = {"orbital": (_orbital_scene, _orbital_light), "road": (_road_scene, _road_light)}
+SCENES = {
+    "orbital": (_orbital_scene, _orbital_light),
+    "road": (_road_scene, _road_light),
+    "terrain": (_terrain_scene, _ground_light),
+    "warehouse": (_warehouse_scene, _ground_light),
+    "underwater": (_underwater_scene, _ground_light),
+}
 
 
 def inlier_image(domain: str, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:

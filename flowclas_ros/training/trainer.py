@@ -38,7 +38,8 @@ from flowclas_ros.metrics import BinnedMetrics, as_percentages
 from flowclas_ros.model import FlowCLASNet, save_bundle
 from flowclas_ros.model.network import pad_labels
 from flowclas_ros.training.config import TrainConfig
-from flowclas_ros.training.data import PastedSamples, StepBatches, build_samples
+from flowclas_ros.training.data import PastedSamples, StepBatches, build_samples, to_tensor
+from flowclas_ros.training.datasets import random_crop
 from flowclas_ros.training.objectives import compute_loss
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,23 @@ def _move(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
+def data_init(net: FlowCLASNet, samples: PastedSamples, config: TrainConfig, ctx: Context) -> None:
+    """Initialise whitening and ActNorms from ``optim.data_init`` plain inlier training crops
+    (0: the authors' way, ActNorm from the first training batch)."""
+    count = min(config.optim.data_init, len(samples))
+    if count <= 0:
+        return
+    rng = np.random.default_rng([config.run.seed, 11])
+    crops = []
+    for i in rng.permutation(len(samples))[:count]:
+        image, labels = samples.inliers[int(samples.indices[i])][:2]
+        image, _ = random_crop(image, labels, samples.size, rng)
+        crops.append(to_tensor(image, config.model.mean, config.model.std))
+    x = net.pad(torch.stack(crops).to(ctx.device))
+    net.initialize_from_data(x, chunk=2 if ctx.device.type == "cpu" else 0)
+
+
+@torch.no_grad()
 def validate(net: FlowCLASNet, samples: PastedSamples, ctx: Context, config: TrainConfig) -> BinnedMetrics:
     """Binned pixel metrics of the score map on this process's share of the validation set,
     all-reduced over processes."""
@@ -290,6 +308,8 @@ class Trainer:
             run.start, run.best = int(state["step"]), dict(state["best"])
             if ctx.main:
                 log.info("resuming %s at step %d/%d", self.run_dir, run.start, cfg.optim.steps)
+        else:
+            data_init(run.net, run.train_set, cfg, ctx)
         run.model = LossModule(run.net, cfg)
         if ctx.world > 1:
             run.model = DistributedDataParallel(
