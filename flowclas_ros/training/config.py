@@ -67,6 +67,7 @@ class RunConfig:
     checkpoint_every: int = 100
     calibrate_fpr: float = 0.05
     bins: int = 2000
+    validate_init: bool = False  # validate the data-initialised model (optim.data_init) as step 0
 
 
 @dataclass

@@ -260,6 +260,10 @@ class Trainer:
         run = self._setup()
         self._resume(run)
         loader = self._loader(run)
+        cfg = self.config
+        if run.start == 0 and cfg.run.validate_init and cfg.optim.data_init > 0 and len(run.val_set):
+            # the data-initialised model competes for the best checkpoint too
+            run.best = self._validate(run.net, run.val_set, 0, run.best, run.val_log, run.board)
         run.bar = self._bar(run.start)
         try:
             for step, batch in enumerate(loader, start=run.start):
