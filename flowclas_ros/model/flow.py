@@ -220,6 +220,10 @@ class Whitening(nn.Module):
     the identity.
     """
 
+    weight: Tensor
+    mean: Tensor
+    log_det: Tensor
+
     def __init__(self, channels: int, ridge: float = 0.01) -> None:
         super().__init__()
         self.ridge = ridge
@@ -241,10 +245,12 @@ class Whitening(nn.Module):
         self.log_det.fill_(float(-torch.log(chol.diagonal()).sum()))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(W (x - m), log-det per sample)``."""
         y = F.conv2d(x - self.mean.view(1, -1, 1, 1), self.weight[:, :, None, None])
         return y, (self.log_det * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
     def inverse(self, y: Tensor) -> Tensor:
+        """``W^-1 y + m``."""
         return F.conv2d(y, torch.linalg.inv(self.weight)[:, :, None, None]) + self.mean.view(1, -1, 1, 1)
 
 
@@ -266,7 +272,7 @@ class Flow(nn.Module):
         whiten: bool = False,
     ) -> None:
         super().__init__()
-        self.whiten = Whitening(channels) if whiten else None
+        self.whiten: Whitening | None = Whitening(channels) if whiten else None
         if channels < 2:
             raise ValueError(f"a coupling flow needs at least 2 channels, got {channels}")
         c1 = split_channels(channels)

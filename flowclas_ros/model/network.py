@@ -14,7 +14,14 @@ from torch import Tensor, nn
 
 from flowclas_ros.model.config import ModelConfig
 from flowclas_ros.model.encoders import Encoder, build_encoder
-from flowclas_ros.model.flow import ChannelLayerNorm, DiagonalGaussian, Flow, ProjectionHead, SegmentationHead
+from flowclas_ros.model.flow import (
+    ChannelLayerNorm,
+    DiagonalGaussian,
+    Flow,
+    ProjectionHead,
+    SegmentationHead,
+    Whitening,
+)
 
 _SIGMOID_0 = 0.5
 _SIGMOID_1 = 1.0 / (1.0 + math.exp(-1.0))
@@ -134,8 +141,9 @@ class FlowCLASNet(nn.Module):
         self.train()
         for f, norm, flow in zip(self.features(x, chunk), self.norms, self.flows):
             h = norm(f)
-            if flow.whiten is not None:
-                flow.whiten.initialize(h)
+            whiten = getattr(flow, "whiten", None)
+            if isinstance(whiten, Whitening):
+                whiten.initialize(h)
             flow(h)  # ActNorms initialise on their first training forward
         self.train(mode)
 

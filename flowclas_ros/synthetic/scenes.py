@@ -482,7 +482,8 @@ def _warehouse_scene(rng: np.random.Generator, shape: tuple[int, int]) -> Scene:
         base = rng.uniform(yh + 0.2 * (h - yh), h)
         size = (base - yh) * rng.uniform(0.6, 1.0)
         x = rng.uniform(0.1, 0.9) * w
-        quad = [(x - size / 2, base - size * 0.15), (x + size / 2, base - size * 0.15), (x + size / 2, base), (x - size / 2, base)]
+        top = base - size * 0.15
+        quad = [(x - size / 2, top), (x + size / 2, top), (x + size / 2, base), (x - size / 2, base)]
         layers.append(Layer(r.shapes(polygons=[quad]), np.float32([0.6, 0.48, 0.3]), _unit([0, -0.3, 1.0]), shadow=3 * s))
     return Scene(layers, shape, horizon=float(yh))
 

@@ -74,6 +74,7 @@ class GaussianScorer(nn.Module):
         return total[:, top : top + h, left : left + w]
 
     def forward(self, x: Tensor) -> Tensor:
+        """Score map ``B x H x W`` in [0, 1]: ``d / (d + D)``."""
         d = self.distance(x).clamp(min=0.0)
         return d / (d + self.dims)
 

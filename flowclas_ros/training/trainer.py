@@ -193,6 +193,8 @@ def data_init(net: FlowCLASNet, samples: PastedSamples, config: TrainConfig, ctx
     count = min(config.optim.data_init, len(samples))
     if count <= 0:
         return
+    import numpy as np
+
     rng = np.random.default_rng([config.run.seed, 11])
     crops = []
     for i in rng.permutation(len(samples))[:count]:
