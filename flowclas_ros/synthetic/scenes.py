@@ -430,7 +430,7 @@ def _warehouse_scene(rng: np.random.Generator, shape: tuple[int, int]) -> Scene:
     h, w = shape
     r = Raster(shape)
     s = h / 240
-    yh = h * rng.uniform(0.45, 0.62)
+    yh = h * rng.uniform(0.3, 0.45)
     xv = w * rng.uniform(0.35, 0.65)
     layers: list[Layer] = []
     wall = np.float32(pick(rng, [(0.75, 0.75, 0.72), (0.6, 0.62, 0.65), (0.8, 0.76, 0.68)]))
