@@ -109,7 +109,7 @@ def parameter_groups(net: FlowCLASNet, weight_decay: float) -> list[dict]:
     for name, p in net.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if name.startswith("projections.") and name.endswith("weight") else rest).append(p)
+        (decay if name.startswith(("projections.", "head.projections.")) and name.endswith("weight") else rest).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
