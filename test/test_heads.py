@@ -27,9 +27,9 @@ def _randomized(module: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> t
 
 
 def head_config(head: str, **changes) -> ModelConfig:
-    """EfficientNet-Lite0 with random weights, blocks 1 and 2 (strides 4, 8), two flow steps."""
+    """EfficientNet-Lite0 with random weights, blocks 2 and 4 (strides 4, 8), two flow steps."""
     fields = dict(
-        encoder=EncoderConfig(name="efficientnet_lite0", layers=[1, 2], weights=None, input_size=(32, 48)),
+        encoder=EncoderConfig(name="efficientnet_lite0", layers=[2, 4], weights=None, input_size=(32, 48)),
         head=head,
         flow=FlowConfig(**{**vars(FlowConfig.for_head(head)), "steps": 2}),
         projection_dim=8,
@@ -248,3 +248,32 @@ def test_tiny_training_run_lowers_the_loss(head, form, objective):
         opt.step()
         losses.append(float(loss.detach()))
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05 * abs(sum(losses[:3]) / 3), losses
+
+
+@pytest.mark.parametrize("head", ["cflow", "uflow"])
+def test_train_command_with_head_flag_writes_a_bundle_that_detects(head, tmp_path):
+    """``flowclas train --head``, then ``flowclas detect`` on the bundle."""
+    import yaml
+
+    from flowclas_ros.commands.main import main
+    from test_trainer import _write_folder
+
+    _write_folder(tmp_path / "data", tmp_path / "outliers", count=6)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"encoder": {"name": "efficientnet_lite0", "layers": [2, 4], "weights": None, "input_size": [64, 96]},
+                  "flow": {"steps": 1}, "projection_dim": 8, **({"cflow": {"condition_dim": 16}} if head == "cflow" else {})},
+        "objective": {"max_samples": 32},
+        "optim": {"lr": 1e-3, "batch_size": 2, "precision": "fp32"},
+        "run": {"val_every": 2, "checkpoint_every": 2, "bins": 100},
+    }))
+    argv = ["train", "--config", str(recipe), "--output", str(tmp_path / "run"), "--data-root", str(tmp_path / "data"),
+            "--outliers", str(tmp_path / "outliers"), "--steps", "2", "--head", head, "--preview", "0"]
+    assert main(argv) == 0
+    net = load_bundle(tmp_path / "run" / "model")
+    assert net.config.head == head and net.config.flow.clamp == FlowConfig.for_head(head).clamp
+    if head == "cflow":
+        assert bool(net.head.observed.all())  # the trained reference travels in the bundle
+    images = tmp_path / "data" / "train" / "images"
+    assert main(["detect", "--model", str(tmp_path / "run" / "model"), "--input", str(images), "--output", str(tmp_path / "det")]) == 0
+    assert any((tmp_path / "det").iterdir())
