@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from flowclas_ros.model.config import HEADS
 from flowclas_ros.runtime import Detector
 from flowclas_ros.training.config import load_train_config
 from flowclas_ros.training.datasets import build_dataset
@@ -22,7 +23,6 @@ from flowclas_ros.training.evaluate import evaluate
 from flowclas_ros.training.trainer import train
 
 OBJECTIVES = ("flowclas", "ml", "outlier_nll")
-HEADS = ("flowclas", "fastflow")
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--output", default="out/compare")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
-    parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
+    parser.add_argument("--heads", nargs="+", default=["flowclas", "fastflow"], choices=HEADS)
     args = parser.parse_args()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
