@@ -71,6 +71,37 @@ def test_lite0_dynamic_sizes_match_eager(lite):
         create_backend("onnxruntime", bundle, shape=shape)(torch.zeros(1, 3, 8 * m + 1, 8 * m))
 
 
+# ---- the heads of model/heads (cflow, uflow): dynamic sizes, two of them, and the Detector
+
+
+@pytest.fixture(scope="module", params=["cflow", "uflow"])
+def other_head(request, tmp_path_factory):
+    """Lite0 blocks 2 and 4 (strides 4, 8: U-Flow joins them by a pixel shuffle), one step."""
+    from flowclas_ros.model.config import CflowOptions
+
+    head = request.param
+    torch.manual_seed(0)
+    encoder = EncoderConfig(name="efficientnet_lite0", layers=[2, 4], weights=None, input_size=(64, 96))
+    config = small_config(encoder=encoder, head=head, flow=FlowConfig(**{**vars(FlowConfig.for_head(head)), "steps": 1}),
+                          cflow=CflowOptions(condition_dim=16) if head == "cflow" else None)
+    net = randomize_head(FlowCLASNet(config)).eval()
+    if head == "cflow":
+        net.head.reference.fill_(-1.0)  # a trained reference: exp(logp - reference) not all clamped
+    return net, save_bundle(net, tmp_path_factory.mktemp(head))
+
+
+def test_other_heads_dynamic_sizes_match_eager(other_head):
+    net, bundle = other_head
+    m = net.encoder.pad_multiple
+    shape = InputShape((1, 1, 2), (4 * m, 8 * m, 16 * m), (4 * m, 12 * m, 16 * m))
+    _check_parity(net, bundle, shape, [(1, 8 * m, 12 * m), (2, 5 * m, 16 * m)])
+    frame = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    compiled = Detector(None, backend=create_backend("onnxruntime", bundle, shape=shape), config=net.config)
+    eager = Detector(net)
+    eager.input_size = compiled.input_size
+    np.testing.assert_allclose(compiled.score(frame), eager.score(frame), atol=ATOL)
+
+
 def test_vit_static_matches_eager(vit):
     net, bundle = vit
     h, w = net.config.encoder.input_size

@@ -13,7 +13,10 @@ from flowclas_ros.errors import FlowclasError
 from flowclas_ros.model.encoders.base import EncoderConfig
 from flowclas_ros.model.encoders.efficientnet import LITE_MEAN, LITE_STD
 
-HEADS = ("flowclas", "fastflow")
+# The head registry: ``flowclas_ros.model.heads`` builds the modules of the heads after the
+# first two (the conv-flow heads live in network.py); ``FlowConfig.for_head`` holds defaults.
+HEADS = ("flowclas", "fastflow", "cflow", "uflow")
+CFLOW_ML_FORMS = ("nll", "logsigmoid")
 SCORE_VARIANTS = ("prob", "logp")
 SQUASHES = ("batch_sigmoid", "clamp", "sigmoid")
 
@@ -41,7 +44,30 @@ class FlowConfig:
             return cls(steps=8, subnet="simple", learnable_base=False)
         if head == "flowclas":
             return cls()
+        if head == "cflow":  # CFLOW-AD: 8 blocks, Linear d -> 2d -> out, clamp 1.9, N(0, I)
+            return cls(steps=8, subnet="simple", hidden_ratio=2.0, clamp=1.9, learnable_base=False)
+        if head == "uflow":  # U-Flow: 4 steps per scale, kernels 3/1, clamp 2, N(0, I)
+            return cls(steps=4, subnet="simple", hidden_ratio=1.0, clamp=2.0, learnable_base=False)
         raise ConfigError(f"unknown head {head!r}; use one of {HEADS}")
+
+
+@dataclass
+class CflowOptions:
+    """Settings of the ``cflow`` head beyond ``flow`` (docs/heads.md).
+
+    condition_dim: length of the 2D sinusoidal positional encoding (a multiple of 4);
+    vectors: feature vectors per scale and training step for the likelihood terms (the
+    paper's N = 256; the contrastive term samples its own up to ``objective.max_samples``);
+    ml_form: the per-vector likelihood loss, ``nll`` (``-log p``, the project's ML form) or
+    ``logsigmoid`` (the paper's ``-logsigmoid`` of the per-dimension log-likelihood, times C);
+    reference_momentum: EMA momentum of the reference log-likelihood the score is taken
+    relative to (the largest per-dimension log-likelihood of each step's inlier vectors).
+    """
+
+    condition_dim: int = 128
+    vectors: int = 256
+    ml_form: str = "nll"
+    reference_momentum: float = 0.9
 
 
 @dataclass
@@ -63,6 +89,7 @@ class ModelConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     projection_dim: int = 128
     seg_classes: int = 0
+    cflow: CflowOptions | None = None  # head "cflow" only; filled with defaults when missing
     score: str = "prob"
     squash: str = "batch_sigmoid"
     threshold: float = 0.5
@@ -71,6 +98,8 @@ class ModelConfig:
     metrics: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.head == "cflow" and self.cflow is None:
+            self.cflow = CflowOptions()
         self.validate()
 
     def validate(self) -> None:
@@ -92,6 +121,15 @@ class ModelConfig:
              f"encoder.input_size must be [height, width] in 16..8192, got {self.encoder.input_size}"),
             (len(self.encoder.layers) >= 1, "encoder.layers needs at least one layer"),
         ]
+        if self.cflow is not None:
+            c = self.cflow
+            checks += [
+                (c.condition_dim > 0 and c.condition_dim % 4 == 0,
+                 f"cflow.condition_dim must be a positive multiple of 4, got {c.condition_dim}"),
+                (c.vectors >= 1, f"cflow.vectors must be >= 1, got {c.vectors}"),
+                (c.ml_form in CFLOW_ML_FORMS, f"cflow.ml_form must be one of {CFLOW_ML_FORMS}, got {c.ml_form!r}"),
+                (0.0 <= c.reference_momentum < 1.0, f"cflow.reference_momentum must be in [0, 1), got {c.reference_momentum}"),
+            ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)

@@ -22,6 +22,7 @@ from flowclas_ros.model.flow import (
     SegmentationHead,
     Whitening,
 )
+from flowclas_ros.model.heads import HEAD_MODULES
 
 _SIGMOID_0 = 0.5
 _SIGMOID_1 = 1.0 / (1.0 + math.exp(-1.0))
@@ -86,15 +87,21 @@ class FlowCLASNet(nn.Module):
         self.encoder = encoder if encoder is not None else build_encoder(config.encoder)
         fc = config.flow
         chans = self.encoder.channels
-        self.norms = nn.ModuleList(ChannelLayerNorm(c) for c in chans)
-        self.flows = nn.ModuleList(
-            Flow(c, fc.steps, fc.subnet, fc.hidden_ratio, fc.clamp, seed=fc.seed + i, whiten=fc.whiten)
-            for i, c in enumerate(chans)
-        )
-        self.bases = nn.ModuleList(DiagonalGaussian(c, fc.learnable_base) for c in chans)
-        self.projections = nn.ModuleList(
-            ProjectionHead(c, config.projection_dim) for c in chans if config.projection_dim
-        )
+        # heads with their own module (model/heads: cflow, uflow) own their norms, flows,
+        # bases and projections under ``head.``; the conv-flow heads keep theirs here
+        self.head: nn.Module | None = None
+        if config.head in HEAD_MODULES:
+            self.head = HEAD_MODULES[config.head](config, list(chans), list(self.encoder.strides))
+        else:
+            self.norms = nn.ModuleList(ChannelLayerNorm(c) for c in chans)
+            self.flows = nn.ModuleList(
+                Flow(c, fc.steps, fc.subnet, fc.hidden_ratio, fc.clamp, seed=fc.seed + i, whiten=fc.whiten)
+                for i, c in enumerate(chans)
+            )
+            self.bases = nn.ModuleList(DiagonalGaussian(c, fc.learnable_base) for c in chans)
+            self.projections = nn.ModuleList(
+                ProjectionHead(c, config.projection_dim) for c in chans if config.projection_dim
+            )
         # the authors' optional segmentation head, on the last scale's latent (training only)
         self.seg_head = SegmentationHead(chans[-1], config.seg_classes) if config.seg_classes else None
         # a black pixel in normalised units: the authors pad the 0..255 image with 0
@@ -127,6 +134,8 @@ class FlowCLASNet(nn.Module):
 
     def latents(self, feats: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """Per scale: (z, log-det per sample) of the LayerNorm-ed features through the flow."""
+        if self.head is not None:
+            return self.head.latents(feats)  # type: ignore[operator]  # a model/heads module
         return [flow(norm(f)) for f, norm, flow in zip(feats, self.norms, self.flows)]
 
     def pad(self, x: Tensor) -> Tensor:
@@ -137,6 +146,8 @@ class FlowCLASNet(nn.Module):
     def initialize_from_data(self, x: Tensor, chunk: int = 0) -> None:
         """Data initialisation from inlier images (normalised, padded): whitening, then every
         ActNorm, from these pixels rather than from the first (outlier-pasted) training batch."""
+        if self.head is not None:
+            return  # heads of model/heads initialise themselves on their first training batch
         mode = self.training
         self.train()
         for f, norm, flow in zip(self.features(x, chunk), self.norms, self.flows):
@@ -152,14 +163,21 @@ class FlowCLASNet(nn.Module):
         h, w = x.shape[-2:]
         padded = self.pad(x)
         size = padded.shape[-2:]
+        if self.head is not None:
+            score = self.head.score(self.features(padded), size)  # type: ignore[operator]
+        else:
+            score = self._conv_flow_score(self.features(padded), size)
+        return crop_padding(score, h, w, self.encoder.pad_multiple)
+
+    def _conv_flow_score(self, feats: list[Tensor], size) -> Tensor:
+        """The flowclas / fastflow score at the padded size (method.md 2.5)."""
         maps = []
-        for (z, _), base in zip(self.latents(self.features(padded)), self.bases):
+        for (z, _), base in zip(self.latents(feats), self.bases):
             logp = base.score_log_density(z)  # type: ignore[operator]  # ModuleList of DiagonalGaussian
             value = torch.exp(logp) if self.config.score == "prob" else logp
             maps.append(F.interpolate(value[:, None], size=size, mode="bilinear", align_corners=False))
         mean = torch.cat(maps, dim=1).mean(dim=1)
-        score = 1.0 - mean if self.config.score == "prob" else -mean
-        return crop_padding(score, h, w, self.encoder.pad_multiple)
+        return 1.0 - mean if self.config.score == "prob" else -mean
 
     def forward(self, x: Tensor) -> Tensor:
         """Score map ``B x H x W`` in [0, 1] (higher = more anomalous), squashed as the

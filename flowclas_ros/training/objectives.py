@@ -226,7 +226,14 @@ def compute_loss(
     n = x_mix.shape[0]
     total = x_mix.new_zeros(())
     parts = {"ml": 0.0, "contrastive": 0.0, "outlier_nll": 0.0, "segmentation": 0.0}
-    latents = net.latents(net.features(batch, chunk))
+    feats = net.features(batch, chunk)
+    if net.head is not None:  # heads of model/heads (cflow, uflow): training/head_losses.py
+        from flowclas_ros.training.head_losses import HEAD_LOSSES
+
+        loss = HEAD_LOSSES[net.config.head](net, feats, n, labels_mix, labels_out if use_out else None,
+                                            objective, generator, parts)
+        return loss, parts
+    latents = net.latents(feats)
     for i, ((z, logdet), base) in enumerate(zip(latents, net.bases)):
         if objective.name == "outlier_nll":
             term = outlier_nll_loss(z[:n], logdet[:n], base, labels_mix, objective.epsilon)
