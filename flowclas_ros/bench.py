@@ -358,14 +358,14 @@ def run_bench(args: BenchOptions) -> dict:
     from tqdm import tqdm
 
     from flowclas_ros.model.bundle import load_bundle
+    from flowclas_ros.runtime.threads import configure_threads
 
     names, batches = _options(args)
     net = load_bundle(args.model, device=args.device)
     config = net.config
     sizes = ([parse_size(s) for s in _csv(args.resolutions, "resolutions")] if args.resolutions
              else [tuple(config.encoder.input_size)])
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = configure_threads(args.threads)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     rows, skipped, flops = [], [], {}
@@ -390,7 +390,7 @@ def run_bench(args: BenchOptions) -> dict:
         "model": {"bundle": str(args.model), "encoder": config.encoder.name, "layers": list(config.encoder.layers),
                   "input_size": list(config.encoder.input_size), "flow_steps": config.flow.steps},
         "settings": {"backends": names, "batch_sizes": batches, "warmup": args.warmup, "iters": args.iters,
-                     "peak_tflops": args.peak_tflops, "threads": args.threads, "device": args.device},
+                     "peak_tflops": args.peak_tflops, "threads": threads, "device": args.device},
         "flops_per_frame": flops,
         "results": rows,
         "skipped": skipped,

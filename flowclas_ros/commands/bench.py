@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from flowclas_ros.commands.common import options
+from flowclas_ros.commands.common import add_threads_argument, options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per backend first")
     parser.add_argument("--iters", type=int, default=20, help="timed calls per backend and case")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak throughput of the hardware, TFLOP/s")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime")
+    add_threads_argument(parser)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--no-pipeline", action="store_true", help="time the model alone")
     parser.add_argument("--output", default="bench", help="folder for bench.json and bench.md")

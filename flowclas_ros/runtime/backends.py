@@ -29,6 +29,7 @@ from flowclas_ros.errors import FlowclasError
 from flowclas_ros.model.bundle import load_bundle, read_bundle_config
 from flowclas_ros.model.network import FlowCLASNet
 from flowclas_ros.model.precision import PRECISIONS
+from flowclas_ros.runtime.threads import configured_threads
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,9 @@ class ExportBackend(Backend):
 class OnnxRuntimeBackend(Backend):
     """An ONNX Runtime session with all graph optimisations on.
 
-    ``threads``: intra-op threads (default: torch's thread count, which follows the
-    machine's cores and ``OMP_NUM_THREADS``); inter-op parallelism is off (one chain of ops)
-    and idle threads sleep instead of spinning.
+    ``threads``: intra-op threads (default: the process's count,
+    :func:`flowclas_ros.runtime.threads.configured_threads`); inter-op parallelism is off
+    (one chain of ops) and idle threads sleep instead of spinning.
     """
 
     name = "onnxruntime"
@@ -122,7 +123,7 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads or configured_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # No busy-waiting between runs: a robot's cores are shared with other nodes (and, in
