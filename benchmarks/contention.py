@@ -67,9 +67,10 @@ def _worker(args: argparse.Namespace) -> None:
             detector.detect(frame)
     run()
     run()
-    print(json.dumps({"ready": True, "torch_threads": torch.get_num_threads(),
-                      "wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")
-                      + (f", GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}" if "GOMP_SPINCOUNT" in os.environ else "")}), flush=True)
+    wait = os.environ.get("OMP_WAIT_POLICY", "unset")
+    if "GOMP_SPINCOUNT" in os.environ:
+        wait += f", GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}"
+    print(json.dumps({"ready": True, "torch_threads": torch.get_num_threads(), "wait_policy": wait}), flush=True)
     for line in sys.stdin:
         n = int(line)
         times = []
@@ -128,6 +129,8 @@ def _env(variant: str) -> dict[str, str]:
 
 
 class Worker:
+    """One measured (variant, task) in its own process, driven over stdin/stdout."""
+
     def __init__(self, args: argparse.Namespace, variant: str, task: str) -> None:
         self.name = f"{task} {variant}"
         self.variant, self.task = variant, task

@@ -43,6 +43,7 @@ class CompetingLoad:
         self.running = False
 
     def start(self) -> "CompetingLoad":
+        """Start the process and wait until it computes (LoadError when it does not come up)."""
         env = {k: v for k, v in os.environ.items() if k not in _OURS}
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {"Detection": "detector", "Detector": "detector", "as_rgb_batch": "detector",
             "Hazard": "hazards", "find_hazards": "hazards"}
-__all__ = sorted(_EXPORTS)
+__all__ = ["Detection", "Detector", "Hazard", "as_rgb_batch", "find_hazards"]
 
 
 def __getattr__(name: str) -> Any:
