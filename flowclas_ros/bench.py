@@ -84,6 +84,7 @@ class Spec:
 
     @property
     def label(self) -> str:
+        """``NAME`` for fp32, else ``NAME:PRECISION``."""
         return self.name if self.precision == "fp32" else f"{self.name}:{self.precision}"
 
 
@@ -215,7 +216,8 @@ def matmul_tflops(size: int = 2048, repeats: int = 5) -> float:
 # ------------------------------------------------------------------ timing
 
 
-def time_round_robin(cases: dict[str, callable], warmup: int, iters: int, progress, load=None) -> dict[str, dict[str, list[float]]]:
+def time_round_robin(cases: dict[str, callable], warmup: int, iters: int, progress,
+                     load=None) -> dict[str, dict[str, list[float]]]:
     """Seconds per call for each case, calls interleaved with a rotating start: ``{"idle": {case: [s]}}``,
     plus ``"loaded"`` when ``load`` (a :class:`flowclas_ros.loadgen.CompetingLoad`) is given:
     each iteration then has an idle and a loaded pass, alternating which comes first."""
