@@ -47,6 +47,6 @@ setup(
     package_data={PACKAGE: ["data/demo_model/*", "training/recipes/*.yaml"]},
     zip_safe=False,
     entry_points={
-        "console_scripts": ["flowclas = flowclas_ros.commands.main:main", "flowclas_node = flowclas_ros.ros.node:main"]
+        "console_scripts": ["flowclas = flowclas_ros.commands.main:main", "flowclas_node = flowclas_ros.ros.entry:main"]
     },
 )

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# Commands run in-process (main([...])) configure torch's threads from OMP_NUM_THREADS when
+# set (flowclas_ros.runtime.threads); keep the test process on one thread after them too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from flowclas_ros.model import EncoderConfig, FlowCLASNet, FlowConfig, ModelConfig
 

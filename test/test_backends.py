@@ -183,7 +183,7 @@ def test_program_with_pickled_inputs_is_refused(tmp_path, lite):
 
 def test_fp32_only_backends_refuse_half(lite):
     _, bundle = lite
-    with pytest.raises(BackendError, match="float32 only"):
+    with pytest.raises(BackendError, match="onnxruntime backend does not run fp16; fp16 runs on torch, tensorrt only"):
         create_backend("onnxruntime", bundle, precision="fp16")
 
 

@@ -46,8 +46,31 @@ def test_bench_writes_json_and_markdown(bundle, tmp_path, capsys):
     assert str(out / "bench.json") in capsys.readouterr().out
 
 
+def test_bench_under_load_with_precisions(bundle, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench"
+    argv = ["bench", "--model", str(bundle), "--backends", "torch,onnxruntime,onnxruntime:int8,torch:int8",
+            "--warmup", "1", "--iters", "2", "--load", "--load-threads", "1", "--no-pipeline", "--output", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "bench.json").read_text())
+    rows = {r["backend"]: r for r in report["results"]}
+    assert set(rows) == {"torch", "onnxruntime"}  # no calibration frames for int8; torch refuses int8
+    reasons = {s["backend"]: s["reason"] for s in report["skipped"]}
+    assert "int8 calibration needs inlier frames" in reasons["onnxruntime:int8"]
+    assert "torch backend does not run int8" in reasons["torch:int8"]
+    for r in rows.values():
+        assert r["loaded_p50_ms"] > 0 and r["loaded_over_idle"] == pytest.approx(r["loaded_p50_ms"] / r["p50_ms"], rel=0.02)
+        assert r["p50_over_floor"] > 0  # floor from the measured matmul peak
+    assert report["settings"]["load"]["threads"] == 1 and report["settings"]["peak_source"].startswith("measured")
+    (first, *_), table = report["summary"], (out / "bench.md").read_text()
+    assert first["backend"] == "torch" and first["best_batch"] == 1 and first["loaded_over_idle"] is not None
+    assert "## Summary" in table and "loaded/idle" in table and "--load" in report["command"]
+
+
 def test_bench_rejects_bad_options(bundle, tmp_path, capsys):
     assert main(["bench", "--model", str(bundle), "--backends", "warp", "--output", str(tmp_path)]) == 1
     assert "unknown backend(s) warp" in capsys.readouterr().err
+    assert main(["bench", "--model", str(bundle), "--backends", "torch:int4", "--output", str(tmp_path)]) == 1
+    assert "unknown precision in torch:int4" in capsys.readouterr().err
     assert main(["bench", "--model", str(bundle), "--resolutions", "480by640", "--output", str(tmp_path)]) == 1
     assert "HEIGHTxWIDTH" in capsys.readouterr().err

@@ -64,7 +64,7 @@ def test_export_command(tmp_path, small_net, capsys):
         (["--height", "32", "--min", "32x32", "--max", "64x64"], "not both"),
         (["--min", "32x32"], "needs both --min and --max"),
         (["--min", "30x32", "--max", "64x64"], "multiples of"),
-        (["--precision", "fp16"], "float32 only"),
+        (["--precision", "fp16"], "onnxruntime backend does not run fp16"),
     ]
     for extra, message in bad:
         assert main(["export", "--model", str(bundle), "--format", "onnx", *extra]) == 1

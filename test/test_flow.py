@@ -89,3 +89,20 @@ def test_sample_norm_equals_group_norm_with_one_group():
     reference.load_state_dict(norm.state_dict())
     x = torch.randn(3, 6, 5, 7) * 4 + 2
     assert torch.allclose(norm(x), reference(x), atol=1e-5)
+
+
+def test_sample_norm_is_the_builtin_group_norm_eagerly_and_reductions_when_exported():
+    import torch.nn.functional as F
+
+    from flowclas_ros.model.flow import SampleNorm
+
+    norm = SampleNorm(6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2, 6))
+        norm.bias.copy_(torch.linspace(-1, 1, 6))
+    x = torch.randn(2, 6, 5, 7)
+    torch.testing.assert_close(norm(x), F.group_norm(x, 1, norm.weight, norm.bias, norm.eps))
+    program = torch.export.export(norm, (x,))
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("group_norm" in op for op in ops) and any("mean" in op for op in ops)
+    torch.testing.assert_close(program.module()(x), norm(x), atol=1e-5, rtol=1e-5)

@@ -9,8 +9,28 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def threads_value(text: str) -> int:
+    """``--threads`` values: an integer in 0..256, 0 meaning one per usable CPU."""
+    from flowclas_ros.runtime.threads import MAX_THREADS
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..{MAX_THREADS}, got {text!r}")
+    return value
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    """``--threads``, for every command that runs torch or ONNX Runtime on the CPU."""
+    p.add_argument("--threads", type=threads_value, default=0, metavar="N",
+                   help="CPU threads for torch and ONNX Runtime (default 0: one per CPU this process may use, "
+                        "or OMP_NUM_THREADS when set)")
+
+
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:
-    """``--model``, ``--backend``, ``--device`` and ``--precision``, shared by every command that runs a bundle."""
+    """``--model``, ``--backend``, ``--device``, ``--precision`` and ``--threads``, shared by every command that runs a bundle."""
     from flowclas_ros.model.precision import PRECISIONS
     from flowclas_ros.runtime.backends import BACKENDS
 
@@ -18,6 +38,7 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference backend")
     p.add_argument("--device", default="cpu", help="device, e.g. cpu or cuda:0")
     p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS))
+    add_threads_argument(p)
 
 
 def options(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:

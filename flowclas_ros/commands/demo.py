@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from flowclas_ros.commands.common import options
+from flowclas_ros.commands.common import add_threads_argument, options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the synthetic sequence")
     p.add_argument("--storage", default="mcap", choices=sorted(STORAGES), help="bag storage")
     p.add_argument("--montage-frames", type=int, default=4, help="frames shown in montage.png")
+    add_threads_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@
     flowclas export --model BUNDLE --format onnx --height 240 --width 320
     flowclas export --model BUNDLE --format torch-export --min 224x320 --opt 480x640 --max 736x960
     flowclas export --model BUNDLE --format tensorrt --device cuda --precision fp16 --max-batch 4
+    flowclas export --model BUNDLE --format onnx --precision int8 --calibration DATA/train/images
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import argparse
 
 from flowclas_ros.deploy.compile import FORMATS
+from flowclas_ros.deploy.quantize import DEFAULT_FRAMES
 from flowclas_ros.deploy.shapes import InputShape, parse_size
 from flowclas_ros.errors import UserError
-from flowclas_ros.model.precision import PRECISIONS
+from flowclas_ros.model.precision import PRECISIONS, precision_refusal
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max", dest="max_size", metavar="HxW", help="largest input of a dynamic-size artefact")
     parser.add_argument("--max-batch", type=int, default=1, help="largest batch (batch 1..N; default 1, static)")
     parser.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
-                        help="fp16/bf16: tensorrt only (normalisation and log-density stay fp32)")
+                        help="fp16/bf16: tensorrt only (normalisation and log-density stay fp32); "
+                             "int8: onnx only (static quantisation calibrated on --calibration frames)")
+    parser.add_argument("--calibration", metavar="DIR", default=None,
+                        help="int8: inlier images (a folder, or a dataset root with train/images); "
+                             "default: the bundle's training data when recorded and present. Given, it always "
+                             "recalibrates (rebuilds the artefact)")
+    parser.add_argument("--calibration-frames", type=int, default=DEFAULT_FRAMES, metavar="N",
+                        help=f"int8: calibrate on up to N frames spread over the folder (default {DEFAULT_FRAMES})")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for tensorrt")
     parser.add_argument("--force", action="store_true", help="rebuild even if a valid or corrupt artefact exists")
 
@@ -61,9 +70,15 @@ def run(args: argparse.Namespace) -> int:
     shape = input_shape(args, tuple(config.encoder.input_size))
     if args.format == "tensorrt" and (reason := tensorrt_unavailable(args.device)):
         raise UserError(f"cannot build a TensorRT engine here: {reason}")
-    if args.format != "tensorrt" and args.precision != "fp32":
-        raise UserError(f"{args.format} artefacts are float32 only; fp16/bf16 need --format tensorrt")
+    if (reason := precision_refusal(args.format, args.precision)) is not None:
+        raise UserError(f"no {args.format} {args.precision} artefact: {reason}")
+    if args.calibration is not None and args.precision != "int8":
+        raise UserError("--calibration is for --precision int8 only")
+    if args.calibration_frames < 1:
+        raise UserError(f"--calibration-frames must be at least 1, got {args.calibration_frames}")
     print(f"flowclas export: building {args.format} {args.precision} for input {shape.label} (this takes a while)...")
-    path = ensure_artefact(args.model, args.format, args.precision, shape, args.device, force=args.force)
+    force = args.force or args.calibration is not None
+    path = ensure_artefact(args.model, args.format, args.precision, shape, args.device, force=force,
+                           calibration=args.calibration, calibration_frames=args.calibration_frames)
     print(f"flowclas export: {path} (manifest {path.parent / MANIFEST})")
     return 0

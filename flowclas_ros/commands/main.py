@@ -9,6 +9,7 @@ import sys
 from flowclas_ros import __version__
 from flowclas_ros.errors import FlowclasError
 from flowclas_ros.logs import configure
+from flowclas_ros.runtime.threads import configure_threads, prepare_environment
 
 # Command name -> (module under flowclas_ros.commands, one-line help).
 COMMANDS = {
@@ -42,9 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Expected errors (bad input, unusable files) become one line on stderr
-    and exit status 1; anything else is a bug and keeps its traceback."""
+    and exit status 1; anything else is a bug and keeps its traceback.
+
+    The OpenMP environment is set before any command module loads torch, and commands with
+    ``--threads`` run with that many intra-op threads (flowclas_ros.runtime.threads)."""
+    prepare_environment()
     args = build_parser().parse_args(argv)
     configure(args.command, args.verbose)
+    if hasattr(args, "threads"):
+        configure_threads(args.threads)
     try:
         return int(args.func(args))
     except FlowclasError as exc:

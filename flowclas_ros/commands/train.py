@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flowclas_ros.commands.common import add_threads_argument
+
 # Everyday flags and the config keys they set.
 FLAGS = {
     "data_root": "data.root",
@@ -36,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--devices", type=int, help="processes on this machine (one per GPU; gloo on CPU)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_threads_argument(p)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --output")
     p.add_argument("--preview", type=int, default=8, metavar="N",
                    help="save N pasted training samples to RUN/pasting_preview.png first (0: off)")

@@ -22,6 +22,7 @@ import torch
 
 from flowclas_ros.deploy.compile import FILES, FORMATS, compile_artefact
 from flowclas_ros.deploy.errors import ArtefactError
+from flowclas_ros.deploy.quantize import DEFAULT_FRAMES
 from flowclas_ros.deploy.shapes import InputShape
 from flowclas_ros.files import atomic_write, sha256
 from flowclas_ros.model.bundle import load_bundle, read_bundle_config
@@ -121,8 +122,12 @@ def _stale_note(bundle: Path, key: dict[str, Any]) -> str:
     return "; ".join(notes)
 
 
-def build_artefact(net: FlowCLASNet, bundle: str | Path, key: dict[str, Any]) -> Path:
-    """Build the artefact of ``key`` from (a copy of) ``net`` and store it with its manifest; returns the file."""
+def build_artefact(net: FlowCLASNet, bundle: str | Path, key: dict[str, Any], calibration: str | Path | None = None,
+                   calibration_frames: int = DEFAULT_FRAMES) -> Path:
+    """Build the artefact of ``key`` from (a copy of) ``net`` and store it with its manifest; returns the file.
+
+    ``calibration`` / ``calibration_frames``: int8 only (see :func:`compile_artefact`).
+    """
     bundle = Path(bundle)
     shape = InputShape.from_dict(key["shape"])
     backend, precision = key["backend"], key["precision"]
@@ -135,9 +140,9 @@ def build_artefact(net: FlowCLASNet, bundle: str | Path, key: dict[str, Any]) ->
     try:
         path = work / FILES[backend]
         device = "cuda" if key["device"].startswith("cuda") else key["device"]
-        compile_artefact(net, backend, precision, shape, device, path)
+        extra = compile_artefact(net, backend, precision, shape, device, path, calibration, calibration_frames)
         manifest = {"key": key, "files": {path.name: sha256(path)}, "pad_multiple": net.encoder.pad_multiple,
-                    "machine": platform.node()}
+                    "machine": platform.node(), **extra}
         atomic_write(work / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
         for stale in (bundle / ENGINES_DIR).glob(_prefix(key) + "*"):
             shutil.rmtree(stale)
@@ -157,11 +162,15 @@ def ensure_artefact(
     build: bool = True,
     force: bool = False,
     net: FlowCLASNet | None = None,
+    calibration: str | Path | None = None,
+    calibration_frames: int = DEFAULT_FRAMES,
 ) -> Path:
     """The verified artefact file for this key: reuse, (re)build when allowed, or refuse.
 
     A corrupt artefact is refused even when building is allowed (it may have been tampered
-    with); ``force`` rebuilds regardless (``flowclas export --force``).
+    with); ``force`` rebuilds regardless (``flowclas export --force``). The calibration
+    frames of an int8 artefact are not part of its key (any calibration gives a valid
+    artefact); its manifest records them, and ``force`` rebuilds with others.
     """
     bundle = Path(bundle)
     key = artefact_key(bundle, backend, precision, shape, device)
@@ -175,4 +184,4 @@ def ensure_artefact(
             + (f": {stale}" if stale else "")
             + f"; build it with: flowclas export --model {bundle} --format {backend}"
         )
-    return build_artefact(net if net is not None else load_bundle(bundle), bundle, key)
+    return build_artefact(net if net is not None else load_bundle(bundle), bundle, key, calibration, calibration_frames)

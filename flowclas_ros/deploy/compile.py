@@ -3,7 +3,8 @@ flows, scoring, upsampling; only pre- and post-processing stay in Python) into o
 
 * ``torch-export``: a ``torch.export.ExportedProgram`` saved with ``torch.export.save``.
 * ``onnx``: the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, opset 18),
-  checked with ``onnx.checker``; run with ONNX Runtime.
+  checked with ``onnx.checker``; run with ONNX Runtime. ``int8``: that graph statically
+  quantised (``flowclas_ros.deploy.quantize``).
 * ``tensorrt``: torch-tensorrt's dynamo path on the ExportedProgram, saved with
   ``torch_tensorrt.save`` and reloaded with ``torch_tensorrt.load`` (no recompilation).
   Imported lazily; only APIs present in torch-tensorrt 2.8 are used. A TensorRT engine is
@@ -24,10 +25,11 @@ from torch import nn
 
 from flowclas_ros.deploy.archive import save_program
 from flowclas_ros.deploy.errors import ArtefactError
+from flowclas_ros.deploy.quantize import DEFAULT_FRAMES, build_int8
 from flowclas_ros.deploy.shapes import InputShape, check_shape, dynamic_dims, example_input
 from flowclas_ros.model.flow import ChannelLayerNorm, DiagonalGaussian
 from flowclas_ros.model.network import FlowCLASNet
-from flowclas_ros.model.precision import PRECISIONS
+from flowclas_ros.model.precision import PRECISIONS, precision_refusal
 
 FORMATS = ("torch-export", "onnx", "tensorrt")
 FILES = {"torch-export": "model.pt2", "onnx": "model.onnx", "tensorrt": "model.ep"}
@@ -134,16 +136,27 @@ def load_tensorrt(path: Path, device: str) -> nn.Module:
     return torch_tensorrt.load(str(path)).module().to(device)
 
 
-def compile_artefact(net: FlowCLASNet, backend: str, precision: str, shape: InputShape, device: str, path: Path) -> None:
-    """Write the ``backend`` artefact of a copy of ``net`` to ``path``."""
+def compile_artefact(net: FlowCLASNet, backend: str, precision: str, shape: InputShape, device: str, path: Path,
+                     calibration: str | Path | None = None, calibration_frames: int = DEFAULT_FRAMES) -> dict:
+    """Write the ``backend`` artefact of a copy of ``net`` to ``path``; returns extra manifest entries.
+
+    onnx int8: the float32 graph statically quantised (:mod:`flowclas_ros.deploy.quantize`),
+    calibrated on up to ``calibration_frames`` images of ``calibration`` (default: the
+    bundle's training images); the manifest records them under ``calibration``.
+    """
     check_shape(net, shape)
-    if backend != "tensorrt" and precision != "fp32":
-        raise ArtefactError(f"{backend} artefacts are float32 only here; use --precision fp32 (fp16/bf16: tensorrt)")
+    if (reason := precision_refusal(backend, precision)) is not None:
+        raise ArtefactError(f"no {backend} {precision} artefact: {reason}")
     if backend == "tensorrt":
         compile_tensorrt(copy.deepcopy(net), shape, precision, device, path)
-        return
+        return {}
     program = export_program(copy.deepcopy(net).to("cpu"), shape, net.encoder.pad_multiple)
     if backend == "torch-export":
         save_program(program, path)
+    elif precision == "int8":
+        record = build_int8(lambda fp32: export_onnx(program, shape, fp32), net.config, shape.opt[1:], path,
+                            calibration, calibration_frames, INPUT_NAME)
+        return {"calibration": record}
     else:
         export_onnx(program, shape, path)
+    return {}

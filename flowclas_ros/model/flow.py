@@ -91,12 +91,20 @@ class Permutation(nn.Module):
         return y.index_select(1, self.inv)
 
 
-class SampleNorm(nn.GroupNorm):
-    """GroupNorm with one group (normalise each sample over C, H, W), written as reductions.
+def _exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return bool(is_exporting and is_exporting())
 
-    Same parameters and numbers as ``nn.GroupNorm(1, c)``; the ONNX exporter turns the
-    built-in op into Reshape + InstanceNormalization wrapped in layout conversions, which
-    cost ONNX Runtime about an eighth of the model's time, while these reductions run fused.
+
+class SampleNorm(nn.GroupNorm):
+    """GroupNorm with one group (normalise each sample over C, H, W); written as reductions when exported.
+
+    Same parameters and numbers as ``nn.GroupNorm(1, c)``. Eager torch runs the built-in
+    kernel: the reductions below cost several times more there, forward and backward
+    (benchmarks/flow_vs_freia.py). Under ``torch.export`` (ONNX, TensorRT) they are traced
+    instead: the ONNX exporter turns the built-in op into Reshape + InstanceNormalization
+    wrapped in layout conversions, which cost ONNX Runtime about an eighth of the model's
+    time, while these reductions run fused.
     """
 
     def __init__(self, channels: int) -> None:
@@ -104,6 +112,8 @@ class SampleNorm(nn.GroupNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the module (see the class docstring)."""
+        if not _exporting():
+            return F.group_norm(x, 1, self.weight, self.bias, self.eps)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         centred = x - mean
         var = (centred * centred).mean(dim=(1, 2, 3), keepdim=True)

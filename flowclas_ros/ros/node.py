@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import sys
 import threading
 import time
@@ -39,6 +40,7 @@ from flowclas_ros.ros.messages import rclpy_factory
 from flowclas_ros.ros.parameters import PARAMETERS, check_parameters
 from flowclas_ros.runtime.scheduling import LatestSlot
 from flowclas_ros.runtime.stats import FrameStats
+from flowclas_ros.runtime.threads import configure_threads
 
 NODE_NAME = "flowclas_detector"
 
@@ -73,7 +75,9 @@ class _DetectorCore:
     def _configure(self, values: dict, shared: dict | None) -> None:
         self.values = values
         self._stopping = True  # until activated
-        self.detector, self.model_lock = self._load(values, {} if shared is None else shared)
+        shared = {} if shared is None else shared
+        self.detector, self.model_lock = self._load(values, shared)
+        self.threads = shared["threads"]
         self.bundle_threshold = self.detector.threshold
         self._set_threshold(values["threshold"])
         self.overlay = values["overlay"]
@@ -124,7 +128,8 @@ class _DetectorCore:
         self.worker = threading.Thread(target=self._work, name=f"flowclas-{self.get_fully_qualified_name()}", daemon=True)
         self.worker.start()
         self.get_logger().info(
-            f"model {values['model']} on {self.stats.backend}/{values['device']}, threshold {self.detector.threshold:.3f}, "
+            f"model {values['model']} on {self.stats.backend}/{values['device']} ({self.threads} CPU threads), "
+            f"threshold {self.detector.threshold:.3f}, "
             f"input {self.resolve_topic_name('image/compressed' if values['use_compressed'] else 'image')}"
         )
 
@@ -148,6 +153,12 @@ class _DetectorCore:
     def _load(values: dict, shared: dict):
         from flowclas_ros.runtime.detector import Detector
 
+        if "threads" not in shared:  # process-wide: the first camera's value holds for all
+            shared["threads"] = configure_threads(values["threads"])
+        threads = shared["threads"]
+        if values["threads"] and values["threads"] != threads:
+            logging.getLogger(__name__).warning("threads %d ignored: this process already runs %d (set by the first camera)",
+                                                values["threads"], threads)
         key = (values["model"], values["backend"], values["device"], values["precision"])
         if key not in shared:
             detector = Detector.from_bundle(

@@ -8,6 +8,7 @@ from typing import Any
 
 from flowclas_ros.runtime.backends import BACKENDS, PRECISIONS
 from flowclas_ros.runtime.smoothing import CHOICES as SMOOTHING_CHOICES
+from flowclas_ros.runtime.threads import MAX_THREADS
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ PARAMETERS: dict[str, Parameter] = {
     "backend": Parameter("auto", "inference backend", choices=BACKENDS),
     "device": Parameter("cpu", "device, e.g. cpu or cuda:0"),
     "precision": Parameter("fp32", "inference precision", choices=tuple(PRECISIONS)),
+    "threads": Parameter(0, "CPU threads for torch and ONNX Runtime (process-wide); 0 = one per CPU the process may use",
+                         range=(0, MAX_THREADS)),
     "use_compressed": Parameter(False, "subscribe to image/compressed (sensor_msgs/CompressedImage)"),
     "qos_reliability": Parameter("best_effort", "image subscription reliability", choices=("best_effort", "reliable")),
     "qos_depth": Parameter(1, "image subscription queue depth", range=(1, 100)),

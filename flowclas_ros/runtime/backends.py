@@ -3,7 +3,8 @@
 * ``torch``: the eager network (autocast for fp16/bf16).
 * ``torch-export``: the ExportedProgram saved in the bundle (``flowclas export``).
 * ``onnxruntime``: the ONNX graph in an ONNX Runtime session (CPU here; the TensorRT and
-  CUDA execution providers are used first when installed and the device is a GPU).
+  CUDA execution providers are used first when installed and the device is a GPU); fp32,
+  or int8 (the graph statically quantised, :mod:`flowclas_ros.deploy.quantize`).
 * ``tensorrt``: a torch-tensorrt program (GPU only; imported lazily).
 * ``auto``: the best one that works here, with a logged fallback.
 
@@ -28,7 +29,8 @@ from flowclas_ros.deploy.shapes import InputShape
 from flowclas_ros.errors import FlowclasError
 from flowclas_ros.model.bundle import load_bundle, read_bundle_config
 from flowclas_ros.model.network import FlowCLASNet
-from flowclas_ros.model.precision import PRECISIONS
+from flowclas_ros.model.precision import PRECISIONS, backends_for, precision_refusal
+from flowclas_ros.runtime.threads import configured_threads
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ class TorchBackend(Backend):
 
     def __init__(self, net: FlowCLASNet, device: str = "cpu", precision: str = "fp32") -> None:
         self.device = torch.device(device)
-        self.dtype = _dtype(precision)
+        self.dtype = _dtype(precision, "torch")
         self.net = net.to(self.device).eval()
 
     @torch.inference_mode()
@@ -107,9 +109,9 @@ class ExportBackend(Backend):
 class OnnxRuntimeBackend(Backend):
     """An ONNX Runtime session with all graph optimisations on.
 
-    ``threads``: intra-op threads (default: torch's thread count, which follows the
-    machine's cores and ``OMP_NUM_THREADS``); inter-op parallelism is off (one chain of ops)
-    and idle threads sleep instead of spinning.
+    ``threads``: intra-op threads (default: the process's count,
+    :func:`flowclas_ros.runtime.threads.configured_threads`); inter-op parallelism is off
+    (one chain of ops) and idle threads sleep instead of spinning.
     """
 
     name = "onnxruntime"
@@ -122,7 +124,7 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads or configured_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # No busy-waiting between runs: a robot's cores are shared with other nodes (and, in
@@ -164,9 +166,9 @@ class TensorRTBackend(Backend):
         return self.module(x.to(self.device, self.dtype)).float()
 
 
-def _dtype(precision: str) -> torch.dtype:
-    if precision not in PRECISIONS:
-        raise BackendError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+def _dtype(precision: str, backend: str = "torch") -> torch.dtype:
+    if (reason := precision_refusal(backend, precision)) is not None:
+        raise BackendError(reason)
     return PRECISIONS[precision]
 
 
@@ -196,26 +198,30 @@ def create_backend(
     build: bool = True,
     net: FlowCLASNet | None = None,
     threads: int | None = None,
+    calibration: str | Path | None = None,
 ) -> Backend:
-    """Open backend ``name`` for a bundle; ``auto`` tries tensorrt, onnxruntime, torch-export, torch.
+    """Open backend ``name`` for a bundle; ``auto`` tries tensorrt, onnxruntime, torch-export, torch
+    (those of them that run ``precision``).
 
-    ``net`` (the loaded bundle) saves a reload for ``torch`` and for building artefacts.
+    ``net`` (the loaded bundle) saves a reload for ``torch`` and for building artefacts;
+    ``calibration``: inlier frames for building an int8 artefact (default: the bundle's
+    training images, when recorded and present).
     """
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
-    _dtype(precision)
+    if precision not in PRECISIONS:
+        raise BackendError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if name == "auto":
-        return _auto(bundle, device, precision, shape, build, net, threads)
+        return _auto(bundle, device, precision, shape, build, net, threads, calibration)
+    _dtype(precision, name)  # BackendError naming the backends that run it
     if name == "torch":
         return TorchBackend(net if net is not None else load_bundle(bundle, device), device, precision)
     if name == "tensorrt":
         reason = tensorrt_unavailable(device)
         if reason:
             raise BackendError(f"tensorrt backend unavailable: {reason}")
-    elif precision != "fp32":
-        raise BackendError(f"the {name} backend runs float32 only; use --precision fp32, or torch/tensorrt for {precision}")
     shape = shape or default_shape(bundle)
-    path = ensure_artefact(bundle, _FORMAT[name], precision, shape, device, build=build, net=net)
+    path = ensure_artefact(bundle, _FORMAT[name], precision, shape, device, build=build, net=net, calibration=calibration)
     if name == "torch-export":
         backend: Backend = ExportBackend(path, shape, device)
     elif name == "onnxruntime":
@@ -226,15 +232,19 @@ def create_backend(
     return backend
 
 
-def _auto(bundle, device, precision, shape, build, net, threads) -> Backend:
-    order = ["tensorrt", "onnxruntime", "torch-export"] if precision == "fp32" else ["tensorrt"]
+def _auto(bundle, device, precision, shape, build, net, threads, calibration) -> Backend:
+    order = [b for b in ("tensorrt", "onnxruntime", "torch-export") if b in backends_for(precision)]
+    reasons = []
     for name in order:
         try:
-            backend = create_backend(name, bundle, device, precision, shape, build, net, threads)
+            backend = create_backend(name, bundle, device, precision, shape, build, net, threads, calibration)
         except (BackendError, ArtefactError, ImportError, OSError, RuntimeError) as exc:
             log.warning("backend auto: %s unavailable (%s); trying the next", name, exc)
+            reasons.append(f"{name}: {exc}")
             continue
         log.info("backend auto: using %s", name)
         return backend
+    if "torch" not in backends_for(precision):
+        raise BackendError(f"backend auto: no backend runs {precision} here ({'; '.join(reasons)})")
     log.warning("backend auto: falling back to eager torch")
     return create_backend("torch", bundle, device, precision, net=net)

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from flowclas_ros.metrics import BinnedMetrics, as_percentages
 from flowclas_ros.model import FlowCLASNet, save_bundle
 from flowclas_ros.model.network import pad_labels
+from flowclas_ros.runtime.threads import configure_threads, configured_threads
 from flowclas_ros.training.config import TrainConfig
 from flowclas_ros.training.data import PastedSamples, StepBatches, build_samples, to_tensor
 from flowclas_ros.training.datasets import random_crop
@@ -450,10 +451,11 @@ def _context_from_env(device: str | None) -> Context:
     return Context(rank, world, torch.device("cpu"))
 
 
-def _spawned(rank: int, world: int, port: int, config: TrainConfig, run_dir: str, device: str | None) -> None:
+def _spawned(rank: int, world: int, port: int, config: TrainConfig, run_dir: str, device: str | None,
+             threads: int = 1) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    configure_threads(threads)
     ctx = _context_from_env(device)
     try:
         Trainer(config, run_dir, ctx).run()
@@ -474,6 +476,8 @@ def train(config: TrainConfig, run_dir: str | Path, device: str | None = None, p
 
     Under torchrun (``RANK``/``WORLD_SIZE`` set) this process joins the group; otherwise
     ``run.devices`` > 1 spawns that many local processes, and 1 trains in this process.
+    CPU threads: this process's (:func:`flowclas_ros.runtime.threads.configure_threads`),
+    shared out between spawned processes.
     """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         ctx = _context_from_env(device)
@@ -484,7 +488,9 @@ def train(config: TrainConfig, run_dir: str | Path, device: str | None = None, p
     if config.run.devices > 1:
         import torch.multiprocessing as mp
 
-        mp.spawn(_spawned, args=(config.run.devices, _free_port(), config, str(run_dir), device),
+        # the parent's threads shared out: N processes x all cores each would oversubscribe
+        threads = max(1, configured_threads() // config.run.devices)
+        mp.spawn(_spawned, args=(config.run.devices, _free_port(), config, str(run_dir), device, threads),
                  nprocs=config.run.devices, join=True)
         return Path(run_dir) / "model"
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

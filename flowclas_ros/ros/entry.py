@@ -1,0 +1,24 @@
+"""The ``flowclas_node`` console script: sets the OpenMP environment, then runs the node.
+
+OpenMP reads its wait policy once, when torch loads, and ``flowclas_ros.ros.node`` imports
+torch at module level; so the entry point is this module, which sets the environment
+(:func:`flowclas_ros.runtime.threads.prepare_environment`) before importing the node.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point ``flowclas_node``: see :func:`flowclas_ros.ros.node.main`."""
+    from flowclas_ros.runtime.threads import prepare_environment
+
+    prepare_environment()
+    from flowclas_ros.ros.node import main as node_main
+
+    return node_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
