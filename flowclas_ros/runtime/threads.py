@@ -55,8 +55,8 @@ def usable_cpus() -> int:
 def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """CPUs granted by the cgroup (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``); None when unlimited."""
     try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
+        text_quota, text_period = (root / "cpu.max").read_text().split()[:2]
+        return None if text_quota == "max" else int(text_quota) / int(text_period)
     except (OSError, ValueError):
         pass
     try:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from flowclas_ros.training.objectives import (
+    HEAD_LOSSES,
     INLIER,
     OUTLIER,
     ObjectiveConfig,
@@ -152,4 +153,4 @@ def _contrast_indices(grid_mix: Tensor, grid_out: Tensor, offset: int, max_sampl
     return torch.cat(picked), k, labels
 
 
-HEAD_LOSSES = {"cflow": cflow_loss, "uflow": uflow_loss}
+HEAD_LOSSES.update({"cflow": cflow_loss, "uflow": uflow_loss})

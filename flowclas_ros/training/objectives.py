@@ -21,6 +21,9 @@ from flowclas_ros.vocabulary import Label
 
 INLIER, OUTLIER, IGNORE = int(Label.INLIER), int(Label.ANOMALY), int(Label.VOID)
 OBJECTIVES = ("flowclas", "ml", "outlier_nll")
+# Losses of the heads in model/heads, by head name: filled by training/head_losses.py, which
+# the training package imports (so this module never imports it back).
+HEAD_LOSSES: dict = {}
 
 
 def labels_to_grid(labels: Tensor, size: tuple[int, int], mode: str = "nearest") -> Tensor:
@@ -228,8 +231,6 @@ def compute_loss(
     parts = {"ml": 0.0, "contrastive": 0.0, "outlier_nll": 0.0, "segmentation": 0.0}
     feats = net.features(batch, chunk)
     if net.head is not None:  # heads of model/heads (cflow, uflow): training/head_losses.py
-        from flowclas_ros.training.head_losses import HEAD_LOSSES
-
         loss = HEAD_LOSSES[net.config.head](net, feats, n, labels_mix, labels_out if use_out else None,
                                             objective, generator, parts)
         return loss, parts
