@@ -237,11 +237,42 @@ class Driver:
             self.wait_for_subscribers(topic, type(msg))
         self._publisher(topic, type(msg)).publish(msg)
 
-    def publish_image(self, topic: str = "/image", pixels: np.ndarray | None = None, **image_fields):
-        """Publish ``driver.image(pixels, **image_fields)`` once a subscriber is matched; return it."""
-        msg = self.image(pixels, **image_fields)
-        self.publish(topic, msg)
-        return msg
+    def exchange(self, topic: str, msg, replies: str | Sequence[str], *, every: float = 2.0, timeout: float = 30.0) -> list:
+        """Publish ``msg`` on ``topic`` until every topic in ``replies`` (subscribed before) carried an
+        output with ``msg``'s header; return those outputs in the order of ``replies``.
+
+        The node's image subscription is best effort, and a subscriber matched on our side may
+        not yet have matched us on its side: a single frame sent then is lost. Sending the same
+        frame again until its outputs arrive makes the exchange independent of discovery timing
+        (the node keeps only the latest waiting frame, so repeats cost at most a frame each).
+        """
+        names = [self.resolve(t) for t in ([replies] if isinstance(replies, str) else replies)]
+        missing = [n for n in names if n not in self._inboxes]
+        if missing:
+            raise RuntimeError(f"exchange: call driver.subscribe() first for {missing}")
+        key = (msg.header.frame_id, msg.header.stamp.sec, msg.header.stamp.nanosec)
+
+        def answered() -> list:
+            found = []
+            for n in names:
+                with self._inboxes[n].changed:
+                    hit = [m for m in self._inboxes[n].messages if (m.header.frame_id, m.header.stamp.sec, m.header.stamp.nanosec) == key]
+                found.append(hit[0] if hit else None)
+            return found
+
+        deadline = time.monotonic() + timeout
+        self.wait_for_subscribers(topic, type(msg), timeout=timeout)
+        while True:
+            self._publisher(topic, type(msg)).publish(msg)
+            resend = min(time.monotonic() + every, deadline)
+            while time.monotonic() < resend:
+                found = answered()
+                if all(f is not None for f in found):
+                    return found
+                time.sleep(0.02)
+            if time.monotonic() >= deadline:
+                got = [n for n, f in zip(names, answered()) if f is not None]
+                raise AssertionError(f"frame {key} on {self.resolve(topic)}: outputs on {got} of {names} within {timeout:.0f} s")
 
     def close(self) -> None:
         self.context.try_shutdown()

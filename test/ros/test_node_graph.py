@@ -128,11 +128,8 @@ def test_outputs_latching_parameters_hostile_frames_and_sigterm(node_process, dr
     first_label = driver.wait_for("/label_info", 1)[0]
     assert {c.class_name for c in first_label.class_map} == {"inlier", "anomaly"}
 
-    time.sleep(0.5)  # the overlay subscription is matched on the node's side
-    sent = driver.publish_image(CAMERA, frame_id="cam_front")
-    for topic in outs:
-        driver.wait_for(topic, 1)
-    score, mask, overlay, hazards = (outs[t][0] for t in outs)
+    sent = driver.image(frame_id="cam_front")
+    score, mask, overlay, hazards = driver.exchange(CAMERA, sent, list(outs))
     for image, encoding, step in ((score, "32FC1", 640 * 4), (mask, "mono8", 640), (overlay, "bgr8", 640 * 3)):
         assert (image.height, image.width, image.encoding, image.step) == (480, 640, encoding, step)
         assert len(image.data) == 480 * step
@@ -152,12 +149,10 @@ def test_outputs_latching_parameters_hostile_frames_and_sigterm(node_process, dr
     empty = driver.image()
     empty.data = b""
     for bad in (wrong_encoding, bad_step, empty):
-        before = len(outs["/anomaly_score"])
         driver.publish(CAMERA, bad)
         time.sleep(0.3)
         good.header.stamp = driver.node.get_clock().now().to_msg()
-        driver.publish(CAMERA, good)
-        driver.wait_for("/anomaly_score", before + 1)
+        driver.exchange(CAMERA, good, "/anomaly_score")
     values, status = _diag_values(driver, len(driver.subscribe("/diagnostics")) + 2)
     assert values["backend"] == "torch" and int(values["rejected"]) == 3
     assert status.level == b"\x01"  # recent rejections
@@ -194,8 +189,7 @@ def test_compressed_input_huge_png_and_sigint(node_process, driver):
     jpeg = buf.getvalue()
     _discovered(driver)
 
-    driver.publish(topic, _compressed(driver, jpeg, "jpeg", "cam_c"))
-    score = driver.wait_for("/anomaly_score", 1)[0]
+    score = driver.exchange(topic, _compressed(driver, jpeg, "jpeg", "cam_c"), "/anomaly_score")[0]
     assert (score.height, score.width, score.encoding, score.header.frame_id) == (480, 640, "32FC1", "cam_c")
 
     started = time.monotonic()
@@ -203,8 +197,7 @@ def test_compressed_input_huge_png_and_sigint(node_process, driver):
     time.sleep(0.5)  # the node keeps only the latest waiting frame
     driver.publish(topic, _compressed(driver, b"\x89PNG not really", "png"))
     time.sleep(0.5)
-    driver.publish(topic, _compressed(driver, jpeg, "rgb8; jpeg compressed bgr8", "cam_c2"))
-    driver.wait_for("/anomaly_score", 2)
+    driver.exchange(topic, _compressed(driver, jpeg, "rgb8; jpeg compressed bgr8", "cam_c2"), "/anomaly_score")
     assert time.monotonic() - started < 30
     assert scores[-1].header.frame_id == "cam_c2"
     out = node.output()
@@ -221,9 +214,8 @@ def test_two_cameras_in_one_process(node_process, driver):
     node = node_process(args=["--cameras", "a", "b"], ready=r"(?s)\]: model .*\]: model ")
     _discovered(driver, "/b")
     assert driver.wait_for("/a/label_info", 1)[0].header.frame_id == "a"  # default: the namespace
-    driver.publish_image("/a/image", frame_id="cam_a")
-    driver.publish_image("/b/image", frame_id="cam_b")
-    assert driver.wait_for("/a/anomaly_score", 1)[0].header.frame_id == "cam_a"
-    assert driver.wait_for("/b/anomaly_score", 1)[0].header.frame_id == "cam_b"
-    assert len(a) == 1 and len(b) == 1 and labels
+    driver.exchange("/a/image", driver.image(frame_id="cam_a"), "/a/anomaly_score")
+    driver.exchange("/b/image", driver.image(frame_id="cam_b"), "/b/anomaly_score")
+    assert {m.header.frame_id for m in a} == {"cam_a"} and {m.header.frame_id for m in b} == {"cam_b"}  # no cross-talk
+    assert labels
     _stop_while_flowing(driver, node, "/a/image", signal.SIGINT)
