@@ -65,21 +65,23 @@ def _set_parameter(driver, node_name, name, value):
     return _call(driver, SetParameters, f"{node_name}/set_parameters", request).results[0]
 
 
-def _flow(driver, topic, stop: threading.Event, period=0.1):
-    """Publish frames on ``topic`` until ``stop`` is set (without waiting for subscribers)."""
-    msg = driver.image(frame_id="flow")
+def _flow(driver, topic, msg, stop: threading.Event, sent: list, period=0.1):
+    """Publish ``msg`` restamped on ``topic`` until ``stop`` is set (without waiting for subscribers)."""
     while not stop.is_set():
         msg.header.stamp = driver.node.get_clock().now().to_msg()
         driver.publish(topic, msg, wait_for_subscriber=False)
+        sent.append(msg.header.stamp)
         time.sleep(period)
 
 
-def _stop_while_flowing(driver, node, topic, sig):
-    stop = threading.Event()
-    thread = threading.Thread(target=_flow, args=(driver, topic, stop), daemon=True)
+def _stop_while_flowing(driver, node, topic, sig, msg=None):
+    stop, sent = threading.Event(), []
+    msg = driver.image(frame_id="flow") if msg is None else msg
+    thread = threading.Thread(target=_flow, args=(driver, topic, msg, stop, sent), daemon=True)
     thread.start()
     try:
         time.sleep(1.5)  # frames in flight, the worker busy
+        assert thread.is_alive() and len(sent) >= 5, "the frame flow stopped before the signal"
         code = node.stop(sig)
     finally:
         stop.set()
@@ -204,7 +206,7 @@ def test_compressed_input_huge_png_and_sigint(node_process, driver):
     assert "max_input_pixels" in out, out
     assert " at 0x" not in out
 
-    _stop_while_flowing(driver, node, topic, signal.SIGINT)
+    _stop_while_flowing(driver, node, topic, signal.SIGINT, _compressed(driver, jpeg, "jpeg", "flow"))
 
 
 def test_two_cameras_in_one_process(node_process, driver):
