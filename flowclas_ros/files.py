@@ -1,11 +1,12 @@
-"""Durable file writes and content hashes."""
+"""Durable file writes, content hashes, and the marked output folders commands write into."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -48,3 +49,38 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def claim_folder(path: Path, marker: str, flag: str = "--output") -> bool:
+    """Make ``path`` an output folder of ours, marked by the file ``marker`` inside it.
+
+    A missing folder is created and an empty one adopted (both get the marker); a folder
+    carrying the marker is reused. A file, or a non-empty folder without the marker, is
+    refused with a UserError: it holds things we did not write. Returns True when the
+    folder already carried the marker (what we wrote there before may be replaced)."""
+    from flowclas_ros.errors import UserError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder")
+    if (path / marker).is_file():
+        return True
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"{flag} {path} is a non-empty folder that flowclas did not create; "
+                        "pass a new or empty folder")
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write(path / marker, lambda tmp: Path(tmp).write_text("written by flowclas: this folder's contents are "
+                                                                 "replaced when the command runs again\n"))
+    return False
+
+
+def remove_entries(folder: Path, names: Iterable[str]) -> None:
+    """Remove the named entries of ``folder`` (files, symlinks or whole folders), where present.
+
+    Only for names a command wrote into a folder marked by :func:`claim_folder`."""
+    for name in names:
+        entry = Path(folder, name)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--config", required=True,
                    help="recipe YAML, or a built-in recipe name (synthetic, folder, allo, cityscapes)")
-    p.add_argument("--output", required=True, help="run directory (resumed when it holds a checkpoint)")
+    p.add_argument("--output", required=True, help="run directory: new, empty, or an earlier run of the same recipe (resumed)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--data-root", help="inlier dataset root (data.root)")
     p.add_argument("--outliers", help="outlier source root (data.outliers)")
@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, help="processes on this machine (one per GPU; gloo on CPU)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     add_threads_argument(p)
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --output")
+    p.add_argument("--restart", action="store_true", help="start over: remove the checkpoints and logs of the run in --output")
     p.add_argument("--preview", type=int, default=8, metavar="N",
                    help="save N pasted training samples to RUN/pasting_preview.png first (0: off)")
 
@@ -54,16 +54,15 @@ def run(args: argparse.Namespace) -> int:
     """Train (or resume) and write the bundle."""
     from flowclas_ros.training.config import load_train_config
     from flowclas_ros.training.data import write_pasting_preview
-    from flowclas_ros.training.trainer import train
+    from flowclas_ros.training.run_folder import open_run
+    from flowclas_ros.training.trainer import launching_process, train
 
     config = load_train_config(args.config, overrides(args))
     out = Path(args.output)
-    last = out / "checkpoints" / "last.pt"
-    if args.restart and last.exists():
-        last.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    if args.preview and (preview := write_pasting_preview(config, out / "pasting_preview.png", args.preview)):
-        print(f"flowclas train: pasted samples -> {preview}")
+    if launching_process():  # under torchrun, rank 0 prepares the folder
+        open_run(config, out, restart=args.restart)
+        if args.preview and (preview := write_pasting_preview(config, out / "pasting_preview.png", args.preview)):
+            print(f"flowclas train: pasted samples -> {preview}")
     bundle = train(config, out, device=args.device)
     print(f"flowclas train: bundle -> {bundle} (logs in {out / 'logs'})")
     return 0

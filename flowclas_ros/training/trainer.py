@@ -6,9 +6,10 @@ batch is a pure function of seed and step, the schedule a pure function of step)
 processes on a global batch reproduce one process on the same batch (ActNorm initialises
 from all-reduced statistics, gradients are averaged by DDP).
 
-Layout of a run directory::
+Layout of a run directory (see :mod:`flowclas_ros.training.run_folder`)::
 
-    RUN/config.yaml               the resolved recipe
+    RUN/.flowclas-run             marks the folder as a run's: only such a folder is resumed or cleared
+    RUN/config.yaml               the resolved recipe; resuming with another one is refused
     RUN/checkpoints/last.pt       periodic checkpoint (atomic write), resumed from
     RUN/checkpoints/best.pt       lowest validation FPR95 so far
     RUN/logs/train.csv, val.csv   losses, learning rate, validation metrics
@@ -17,7 +18,6 @@ Layout of a run directory::
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -29,11 +29,11 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from flowclas_ros.errors import UserError
 from flowclas_ros.metrics import BinnedMetrics, as_percentages
 from flowclas_ros.model import FlowCLASNet, save_bundle
 from flowclas_ros.model.network import pad_labels
@@ -42,11 +42,19 @@ from flowclas_ros.training.config import TrainConfig
 from flowclas_ros.training.data import PastedSamples, StepBatches, build_samples, to_tensor
 from flowclas_ros.training.datasets import random_crop
 from flowclas_ros.training.objectives import compute_loss
+from flowclas_ros.training.run_folder import (
+    CHECKPOINT_VERSION,
+    START_OVER,
+    CsvLog,
+    load_checkpoint,
+    open_run,
+    restore,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
 VAL_EPOCH = 1_000_000  # validation samples use their own fixed epoch: same outliers every time
-CHECKPOINT_VERSION = 1
 
 
 @dataclass
@@ -135,52 +143,12 @@ def autocast(ctx: Context, precision: str):
     return torch.autocast(ctx.device.type, dtype=dtype)
 
 
-def atomic_save(obj: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename: a kill never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by this trainer (tensors and plain values only: no unpickling of code)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is not a flowclas training checkpoint (version {CHECKPOINT_VERSION})")
-    return state
-
-
-class CsvLog:
-    """Appends rows to a CSV file, writing the header once (resumed runs keep appending)."""
-
-    def __init__(self, path: Path, fields: list[str]) -> None:
-        self.path, self.fields = path, fields
-        if not path.exists():
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerow(fields)
-
-    def write(self, row: dict) -> None:
-        """Append one row and flush it to disk."""
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([_fmt(row.get(k, "")) for k in self.fields])
-
-
-def _fmt(value) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def _tensorboard(directory: Path):
+def _tensorboard(directory: Path, start: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional
         return None
-    return SummaryWriter(str(directory))
+    return SummaryWriter(str(directory), purge_step=start or None)  # a resumed run drops events past its checkpoint
 
 
 def _move(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -283,9 +251,9 @@ class Trainer:
         """Folders, the network, data, optimiser, schedule and logs of a fresh run."""
         cfg, ctx = self.config, self.ctx
         if ctx.main:
-            for d in (self.checkpoints, self.logs):
-                d.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            open_run(cfg, self.run_dir)
+        if ctx.world > 1:
+            dist.barrier()  # the folder is claimed (and an abandoned attempt cleared) before anyone reads it
         torch.manual_seed(cfg.run.seed)
         net = FlowCLASNet(cfg.model).to(ctx.device).train()
         train_set, val_set = build_samples(cfg)
@@ -300,7 +268,7 @@ class Trainer:
                              ["step", "loss", "ml", "contrastive", "outlier_nll", "segmentation", "lr", "seconds"])
             if main else None,
             val_log=CsvLog(self.logs / "val.csv", ["step", "ap", "auprc_trapz", "fpr95", "auroc"]) if main else None,
-            board=_tensorboard(self.logs) if main else None,
+            board=None,
         )
 
     def _resume(self, run: _Run) -> None:
@@ -309,14 +277,24 @@ class Trainer:
         last = self.checkpoints / "last.pt"
         if last.exists():
             state = load_checkpoint(last)
-            run.net.load_state_dict(state["model"])
-            run.optimizer.load_state_dict(state["optimizer"])
-            run.scheduler.load_state_dict(state["scheduler"])
-            run.start, run.best = int(state["step"]), dict(state["best"])
+            step, best = state.get("step"), state.get("best")
+            if not (isinstance(step, int) and 0 <= step <= cfg.optim.steps and isinstance(best, dict)
+                    and isinstance(best.get("fpr95"), float) and isinstance(best.get("step"), int)):
+                raise UserError(f"{last} is not a checkpoint of this recipe's run (step {step!r} of "
+                                f"{cfg.optim.steps}); {START_OVER}")
+            restore(run.net, state["model"], last, "weights")
+            restore(run.optimizer, state.get("optimizer"), last, "optimiser state")
+            restore(run.scheduler, state.get("scheduler"), last, "schedule")
+            run.start, run.best = step, dict(best)
             if ctx.main:
                 log.info("resuming %s at step %d/%d", self.run_dir, run.start, cfg.optim.steps)
+                for csv_log in (run.train_log, run.val_log):
+                    if csv_log:
+                        csv_log.keep_until(step)
         else:
             data_init(run.net, run.train_set, cfg, ctx)
+        if ctx.main:
+            run.board = _tensorboard(self.logs, run.start)
         run.model = LossModule(run.net, cfg)
         if ctx.world > 1:
             run.model = DistributedDataParallel(
@@ -402,13 +380,13 @@ class Trainer:
         if values["fpr95"] < best["fpr95"]:
             best = {"fpr95": values["fpr95"], "step": step}
             if self.ctx.main:
-                atomic_save({"version": CHECKPOINT_VERSION, "model": net.state_dict(), "step": step},
-                            self.checkpoints / "best.pt")
+                save_checkpoint({"version": CHECKPOINT_VERSION, "model": net.state_dict(), "step": step},
+                                self.checkpoints / "best.pt")
         return best
 
     def _checkpoint(self, path: Path, net, optimizer, scheduler, step: int, best: dict) -> None:
         if self.ctx.main:
-            atomic_save({
+            save_checkpoint({
                 "version": CHECKPOINT_VERSION, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "best": best,
             }, path)
@@ -420,7 +398,7 @@ class Trainer:
         cfg = self.config
         best_path = self.checkpoints / "best.pt"
         if best_path.exists():
-            net.load_state_dict(load_checkpoint(best_path)["model"])
+            restore(net, load_checkpoint(best_path)["model"], best_path, "weights")
         config = net.config
         config.training = {
             "dataset": cfg.data.dataset, "root": cfg.data.root, "outliers": cfg.data.outliers,
@@ -437,6 +415,11 @@ class Trainer:
         if self.ctx.main:
             save_bundle(net.eval(), bundle)
         return bundle
+
+
+def launching_process() -> bool:
+    """False on the non-zero ranks of a torchrun group (rank 0 prepares the run folder)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _context_from_env(device: str | None) -> Context:
@@ -488,6 +471,7 @@ def train(config: TrainConfig, run_dir: str | Path, device: str | None = None, p
     if config.run.devices > 1:
         import torch.multiprocessing as mp
 
+        open_run(config, run_dir)  # refuse an unusable folder here, not in a spawned process
         # the parent's threads shared out: N processes x all cores each would oversubscribe
         threads = max(1, configured_threads() // config.run.devices)
         mp.spawn(_spawned, args=(config.run.devices, _free_port(), config, str(run_dir), device, threads),
