@@ -2,14 +2,15 @@
 
 A synthetic camera bag with ground truth is written, replayed through the bundled demo
 model (EfficientNet-Lite0 features, FlowCLAS head trained on synthetic orbital scenes),
-and the output folder ends up holding the annotated bag, metrics.json and a montage.
+and the output folder ends up holding the annotated bag, metrics.json and a montage. The
+folder is the demo's own: created when absent, marked with ``.flowclas-demo``, and only what
+the demo wrote there is replaced on the next run; a non-empty folder without the mark is refused.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,10 @@ import numpy as np
 
 DEMO_MODEL = Path(__file__).parent / "data" / "demo_model"
 IMAGE_TOPIC, GT_TOPIC = "/camera/image_raw", "/camera/anomaly_gt"
+MARKER = ".flowclas-demo"
+WRITES = ("camera_bag", "replay", "montage.png")  # what the demo writes into its folder
+MAX_FRAMES = 10_000
+MAX_MONTAGE_FRAMES = 16
 log = logging.getLogger(__name__)
 
 
@@ -47,23 +52,38 @@ class DemoResult:
 def run_demo(args: DemoOptions) -> DemoResult:
     """Write the synthetic camera bag, replay it through the model, draw the montage."""
     from flowclas_ros.errors import UserError
+    from flowclas_ros.files import claim_folder, remove_entries
     from flowclas_ros.model.bundle import read_bundle_config
     from flowclas_ros.replay import ReplayOptions, replay
-    from flowclas_ros.synthetic import sequence
+    from flowclas_ros.synthetic import DOMAINS, sequence
     from flowclas_ros.synthetic.camera_bag import write_camera_bag
 
-    if args.frames < 1:
-        raise UserError("--frames must be at least 1")
+    for flag, value, most in (("--frames", args.frames, MAX_FRAMES), ("--montage-frames", args.montage_frames,
+                                                                       MAX_MONTAGE_FRAMES)):
+        if not 1 <= value <= most:
+            raise UserError(f"{flag} must be between 1 and {most}, got {value}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be zero or more, got {args.seed}")
+    if args.domain not in DOMAINS:
+        raise UserError(f"--domain must be one of {', '.join(DOMAINS)}, got {args.domain!r}")
     config, _ = read_bundle_config(args.model)
     domain = args.domain
     out = Path(args.output)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if claim_folder(out, MARKER):
+        remove_entries(out, WRITES)
     size = tuple(config.encoder.input_size)
     log.info("writing a synthetic %s camera bag (%d frames, %dx%d)", domain, args.frames, size[1], size[0])
-    bag = write_camera_bag(out / "camera_bag", sequence(domain, args.frames, size, args.seed),
-                           IMAGE_TOPIC, GT_TOPIC, storage=args.storage)
+    anomalous = []
+
+    def frames():
+        for rgb, gt in sequence(domain, args.frames, size, args.seed):
+            anomalous.append(bool((gt == 1).any()))
+            yield rgb, gt
+
+    bag = write_camera_bag(out / "camera_bag", frames(), IMAGE_TOPIC, GT_TOPIC, storage=args.storage)
+    if not any(anomalous):
+        raise UserError(f"none of the {args.frames} synthetic frames of seed {args.seed} shows an anomaly, so there "
+                        "is nothing to measure; pass more --frames (default 60) or another --seed")
     result = replay(ReplayOptions(model=str(args.model), bag=str(bag), image_topic=IMAGE_TOPIC, gt_topic=GT_TOPIC,
                                   output=str(out / "replay"), storage=args.storage, components=True))
     if result.metrics is None:

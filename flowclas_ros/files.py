@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from flowclas_ros.errors import UserError
+
 
 def sha256(path: Path) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
@@ -58,8 +60,6 @@ def claim_folder(path: Path, marker: str, flag: str = "--output") -> bool:
     carrying the marker is reused. A file, or a non-empty folder without the marker, is
     refused with a UserError: it holds things we did not write. Returns True when the
     folder already carried the marker (what we wrote there before may be replaced)."""
-    from flowclas_ros.errors import UserError
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder")

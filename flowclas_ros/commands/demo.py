@@ -13,7 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from flowclas_ros.demo import DEMO_MODEL
     from flowclas_ros.synthetic.scenes import DOMAINS
 
-    p.add_argument("--output", default="out/demo", help="output folder (replaced if it exists)")
+    p.add_argument("--output", default="out/demo", help="the demo's folder: created, or reused when an earlier demo wrote it "
+                   "(a non-empty folder of anything else is refused)")
     p.add_argument("--model", default=str(DEMO_MODEL), help="model bundle (default: the bundled demo model)")
     p.add_argument("--frames", type=int, default=60, help="frames in the synthetic camera bag")
     p.add_argument("--domain", default="orbital", choices=DOMAINS, help="scene domain of the demo model")

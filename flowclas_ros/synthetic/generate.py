@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowclas_ros.errors import UserError
+from flowclas_ros.files import claim_folder, remove_entries
 from flowclas_ros.synthetic.objects import SPLITS, sources
 from flowclas_ros.synthetic.samples import ANOMALY, INLIER, OBJECT, VOID, preview, sequence, write_dataset
 
@@ -46,18 +47,23 @@ def _validate(args: SynthOptions) -> None:
             raise UserError(f"--bag-rate must be positive, got {args.bag_rate}")
         if Path(args.bag).exists():
             raise UserError(f"--bag {args.bag} already exists; rosbag2 writes a new folder")
-    if Path(args.output).exists() and not Path(args.output).is_dir():
-        raise UserError(f"--output {args.output} is a file, not a folder")
 
 
 log = logging.getLogger(__name__)
+MARKER = ".flowclas-synth"
+WRITES = ("train", "test", "outliers", "preview.png", "synth.json")  # what a dataset folder holds
 
 
 def synthesize(args: SynthOptions) -> dict:
-    """Write the dataset (and the bag); returns the ``synth.json`` description plus the paths written."""
+    """Write the dataset (and the bag); returns the ``synth.json`` description plus the paths written.
+
+    The dataset folder is created (or adopted when empty) and marked as ours; a folder an
+    earlier ``synthesize`` marked has its dataset replaced; any other non-empty folder is refused."""
     _validate(args)
     size = (args.height, args.width)
     root = Path(args.output)
+    if claim_folder(root, MARKER):
+        remove_entries(root, WRITES)
     counts = write_dataset(root, args.domain, args.train, args.test, args.outliers, size, args.seed)
     info = {
         "domain": args.domain,

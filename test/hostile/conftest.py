@@ -45,6 +45,8 @@ def snapshot(root: Path, skip: Iterable[Path] = ()) -> dict[str, str]:
             continue
         for name in dirnames + filenames:
             path = here / name
+            if path.resolve() in skipped:  # an output itself may appear or change
+                continue
             rel = str(path.relative_to(root))
             if path.is_symlink():
                 seen[rel] = "link:" + os.readlink(path)
