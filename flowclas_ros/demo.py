@@ -49,34 +49,45 @@ class DemoResult:
     metrics: dict
 
 
-def run_demo(args: DemoOptions) -> DemoResult:
-    """Write the synthetic camera bag, replay it through the model, draw the montage."""
+def _check(args: DemoOptions) -> None:
     from flowclas_ros.errors import UserError
-    from flowclas_ros.files import claim_folder, remove_entries
-    from flowclas_ros.model.bundle import read_bundle_config
-    from flowclas_ros.replay import ReplayOptions, replay
-    from flowclas_ros.synthetic import DOMAINS, sequence
-    from flowclas_ros.synthetic.camera_bag import write_camera_bag
+    from flowclas_ros.synthetic import DOMAINS
 
-    for flag, value, most in (("--frames", args.frames, MAX_FRAMES), ("--montage-frames", args.montage_frames,
-                                                                       MAX_MONTAGE_FRAMES)):
+    for flag, value, most in (("--frames", args.frames, MAX_FRAMES),
+                              ("--montage-frames", args.montage_frames, MAX_MONTAGE_FRAMES)):
         if not 1 <= value <= most:
             raise UserError(f"{flag} must be between 1 and {most}, got {value}")
     if args.seed < 0:
         raise UserError(f"--seed must be zero or more, got {args.seed}")
     if args.domain not in DOMAINS:
         raise UserError(f"--domain must be one of {', '.join(DOMAINS)}, got {args.domain!r}")
+
+
+def run_demo(args: DemoOptions) -> DemoResult:
+    """Write the synthetic camera bag, replay it through the model, draw the montage."""
+    from flowclas_ros.files import claim_folder, naming, remove_entries
+    from flowclas_ros.model.bundle import read_bundle_config
+
+    _check(args)
     config, _ = read_bundle_config(args.model)
-    domain = args.domain
     out = Path(args.output)
     if claim_folder(out, MARKER):
         remove_entries(out, WRITES)
-    size = tuple(config.encoder.input_size)
-    log.info("writing a synthetic %s camera bag (%d frames, %dx%d)", domain, args.frames, size[1], size[0])
+    with naming(out):
+        return _write(args, out, tuple(config.encoder.input_size))
+
+
+def _write(args: DemoOptions, out: Path, size: tuple[int, ...]) -> DemoResult:
+    from flowclas_ros.errors import UserError
+    from flowclas_ros.replay import ReplayOptions, replay
+    from flowclas_ros.synthetic import sequence
+    from flowclas_ros.synthetic.camera_bag import write_camera_bag
+
+    log.info("writing a synthetic %s camera bag (%d frames, %dx%d)", args.domain, args.frames, size[1], size[0])
     anomalous = []
 
     def frames():
-        for rgb, gt in sequence(domain, args.frames, size, args.seed):
+        for rgb, gt in sequence(args.domain, args.frames, (size[0], size[1]), args.seed):
             anomalous.append(bool((gt == 1).any()))
             yield rgb, gt
 

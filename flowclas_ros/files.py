@@ -6,10 +6,22 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flowclas_ros.errors import UserError
+
+
+@contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Inside, an OSError that names no file (a library's writer meeting a full disk) names ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
 
 
 def sha256(path: Path) -> str:
@@ -31,9 +43,10 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        with naming(path):
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -61,8 +74,12 @@ def claim_folder(path: Path, marker: str, flag: str = "--output") -> bool:
     refused with a UserError: it holds things we did not write. Returns True when the
     folder already carried the marker (what we wrote there before may be replaced)."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path} is a file, not a folder")
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == path else f": {folder}"
+                raise UserError(f"{flag} {path}{where} is a file, not a folder")
+            break
     if (path / marker).is_file():
         return True
     if path.is_dir() and any(path.iterdir()):

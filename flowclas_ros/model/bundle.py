@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from flowclas_ros import __version__
@@ -46,7 +46,8 @@ def save_bundle(model: FlowCLASNet, directory: str | Path) -> Path:
     state = model.state_dict() if model.config.encoder.weights is None else model.head_state_dict()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     weights = directory / WEIGHTS_FILE
-    atomic_write(weights, lambda tmp: save_file(tensors, tmp))
+    # serialised here and written by Python: a full disk is an OSError, not a SafetensorError
+    atomic_write(weights, lambda tmp: Path(tmp).write_bytes(save(tensors)))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

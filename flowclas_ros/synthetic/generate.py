@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowclas_ros.errors import UserError
-from flowclas_ros.files import claim_folder, remove_entries
+from flowclas_ros.files import claim_folder, naming, remove_entries
 from flowclas_ros.synthetic.objects import SPLITS, sources
 from flowclas_ros.synthetic.samples import ANOMALY, INLIER, OBJECT, VOID, preview, sequence, write_dataset
 
@@ -64,6 +64,11 @@ def synthesize(args: SynthOptions) -> dict:
     root = Path(args.output)
     if claim_folder(root, MARKER):
         remove_entries(root, WRITES)
+    with naming(root):
+        return _write(args, root, size)
+
+
+def _write(args: SynthOptions, root: Path, size: tuple[int, int]) -> dict:
     counts = write_dataset(root, args.domain, args.train, args.test, args.outliers, size, args.seed)
     info = {
         "domain": args.domain,

@@ -72,7 +72,7 @@ def open_run(config: TrainConfig, run_dir: str | Path, restart: bool = False) ->
         changes = recipe_changes(stored, recipe)
         if changes:
             more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
-            raise UserError(f"{run_dir} holds a run of another recipe ({'; '.join(changes[:3])}{more}); {START_OVER}")
+            raise UserError(f"{run_dir} holds a run trained with another recipe ({'; '.join(changes[:3])}{more}); {START_OVER}")
     else:
         remove_entries(run_dir, ARTEFACTS)
         remove_entries(run_dir / "logs", [p.name for p in (run_dir / "logs").glob("events.out.tfevents.*")])
@@ -113,7 +113,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
             except RuntimeError:
                 if sink.error is None:
                     raise
-                raise OSError(sink.error.errno, sink.error.strerror, str(path)) from None
+                raise sink.error from None
 
     atomic_write(path, write)
 
@@ -123,10 +123,11 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read checkpoint {path} ({first}); {START_OVER}") from None
+        raise UserError(f"cannot read checkpoint {path} ({_gist(exc)}); {START_OVER}") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or not isinstance(state.get("model"), dict):
-        raise UserError(f"{path} is not a flowclas training checkpoint (version {CHECKPOINT_VERSION}); {START_OVER}")
+        found = state.get("version") if isinstance(state, dict) else type(state).__name__
+        raise UserError(f"{path} is not a flowclas training checkpoint (version {CHECKPOINT_VERSION}, got "
+                        f"{found!r}); {START_OVER}")
     return state
 
 
@@ -136,8 +137,15 @@ def restore(module: Any, state: Any, path: Path, what: str) -> None:
     try:
         module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} holds the {what} of another model than the recipe's ({first}); {START_OVER}") from None
+        raise UserError(f"{path} holds the {what} of another model than the recipe's ({_gist(exc)}); "
+                        f"{START_OVER}") from None
+
+
+def _gist(exc: BaseException, limit: int = 160) -> str:
+    """The informative start of a library's (often many-line) message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.rstrip().endswith(":")]
+    text = (lines[0] if lines else type(exc).__name__).split(". ")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class CsvLog:

@@ -63,11 +63,18 @@ def dataset(tmp_path_factory) -> Path:
     return root
 
 
+RECIPE = """
+model:
+  encoder: {name: efficientnet_lite0, layers: [2, 4], weights: null, input_size: [64, 96]}
+  flow: {steps: 2, hidden_ratio: 0.5}
+  projection_dim: 16
+"""
+
+
 def write_recipe(folder: Path, dataset: Path, **optim) -> Path:
     """A recipe that trains the smallest model in a couple of seconds."""
     recipe = {
-        "model": {"encoder": {"name": "efficientnet_lite0", "layers": [2, 4], "weights": None, "input_size": [64, 96]},
-                  "flow": {"steps": 2, "hidden_ratio": 0.5}, "projection_dim": 16},
+        **yaml.safe_load(RECIPE),
         "data": {"dataset": "folder", "root": str(dataset), "outliers": str(dataset / "outliers"), "val_fraction": 0.25},
         "optim": {"lr": 1e-3, "batch_size": 2, "steps": 2, "precision": "fp32", "warmup": 0.5, **optim},
         "run": {"log_every": 1, "val_every": 1, "checkpoint_every": 1, "bins": 100},
@@ -128,7 +135,7 @@ def test_foreign_output_is_refused(flowclas, tmp_path, dataset, name, where):
 def test_output_under_a_file_is_refused(flowclas, tmp_path, dataset, name):
     recipe = write_recipe(tmp_path, dataset)
     (tmp_path / "notes.txt").write_text("keep me")
-    expect_refused(flowclas(*command(name, "notes.txt/out", recipe)), "not a directory")
+    expect_refused(flowclas(*command(name, "notes.txt/out", recipe)), "notes.txt is a file")
 
 
 @pytest.mark.skipif(ROOT_USER, reason="root writes into read-only folders")
@@ -190,7 +197,7 @@ def test_full_disk(flowclas, tmp_path, dataset, name, limit):
     recipe = write_recipe(tmp_path, dataset)
     with file_size_limit(limit):
         outcome = flowclas(*command(name, "out", recipe), outputs=["out"])
-    expect_refused(outcome, "too large")
+    expect_refused(outcome, "out", "too large")
     assert not temporaries(tmp_path / "out")
 
 
@@ -202,6 +209,17 @@ def test_full_disk_checkpoint_keeps_the_old_file(tmp_path):
         save_checkpoint({"version": 1, "model": {"w": torch.zeros(100_000)}}, path)
     assert raised.value.errno == errno.EFBIG and raised.value.filename == str(path)
     assert path.read_bytes() == before and not temporaries(tmp_path)
+
+
+def test_full_disk_bundle_write(tmp_path):
+    from flowclas_ros.model import FlowCLASNet, save_bundle
+    from flowclas_ros.model.config import ModelConfig
+
+    net = FlowCLASNet(ModelConfig.from_dict(yaml.safe_load(RECIPE)["model"]))
+    with file_size_limit(16 << 10), pytest.raises(OSError) as raised:
+        save_bundle(net, tmp_path / "model")
+    assert raised.value.errno == errno.EFBIG and "weights.safetensors" in raised.value.filename
+    assert not temporaries(tmp_path)
 
 
 def test_atomic_write_removes_its_temporary_on_enospc(tmp_path):
