@@ -83,7 +83,7 @@ def claim_folder(path: Path, marker: str, flag: str = "--output") -> bool:
     if (path / marker).is_file():
         return True
     if path.is_dir() and any(path.iterdir()):
-        raise UserError(f"{flag} {path} is a non-empty folder that flowclas did not create; "
+        raise UserError(f"{flag} {path} is a non-empty folder that flowclas did not create (it has no {marker}); "
                         "pass a new or empty folder")
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / marker, lambda tmp: Path(tmp).write_text("written by flowclas: this folder's contents are "

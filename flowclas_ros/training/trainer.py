@@ -148,7 +148,13 @@ def _tensorboard(directory: Path, start: int):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional
         return None
-    return SummaryWriter(str(directory), purge_step=start or None)  # a resumed run drops events past its checkpoint
+    # a resumed run drops the events logged after its checkpoint, as it logs those steps again
+    return SummaryWriter(str(directory), purge_step=start + 1 if start else None)
+
+
+def _due(done: int, every: int) -> bool:
+    """Whether a periodic hook runs after step ``done`` (``every`` <= 0: only after the last step)."""
+    return every > 0 and done % every == 0
 
 
 def _move(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -181,8 +187,9 @@ def validate(net: FlowCLASNet, samples: PastedSamples, ctx: Context, config: Tra
     metrics = BinnedMetrics(bins=config.run.bins)
     net.eval()
     keys = [(VAL_EPOCH, i) for i in range(ctx.rank, len(samples), ctx.world)]
-    for start in range(0, len(keys), config.optim.batch_size // ctx.world):
-        items = [samples[k] for k in keys[start : start + config.optim.batch_size // ctx.world]]
+    share = max(1, config.optim.batch_size // ctx.world)
+    for start in range(0, len(keys), share):
+        items = [samples[k] for k in keys[start : start + share]]
         x = torch.stack([it["x_mix"] for it in items]).to(ctx.device)
         with autocast(ctx, config.optim.precision):
             score = net(x).float()
@@ -334,7 +341,7 @@ class Trainer:
         """Periodic hooks after step ``done``: log, progress, validate, checkpoint."""
         cfg = self.config
         last = done == cfg.optim.steps
-        if done % cfg.run.log_every == 0 or last:
+        if _due(done, cfg.run.log_every) or last:
             row = {"step": done, **self._global_mean({"loss": float(loss.detach()), **parts}),
                    "lr": run.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - run.tic}
             if run.train_log:
@@ -345,9 +352,9 @@ class Trainer:
         if run.bar:
             run.bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
             run.bar.update(1)
-        if len(run.val_set) and (done % cfg.run.val_every == 0 or last):
+        if len(run.val_set) and (_due(done, cfg.run.val_every) or last):
             run.best = self._validate(run.net, run.val_set, done, run.best, run.val_log, run.board)
-        if done % cfg.run.checkpoint_every == 0 or last:
+        if _due(done, cfg.run.checkpoint_every) or last:
             self._checkpoint(self.checkpoints / "last.pt", run.net, run.optimizer, run.scheduler, done, run.best)
         if self.on_step:
             self.on_step(done)

@@ -17,6 +17,8 @@ import os
 import resource
 import shutil
 import signal
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -153,6 +155,7 @@ def test_read_only_output_is_refused(flowclas, tmp_path, dataset, name):
 
 def test_demo_reuses_its_own_folder_and_keeps_other_files(flowclas, tmp_path):
     argv = ["demo", "--output", "demo", "--frames", "3", "--seed", "2", "--montage-frames", "1"]
+    (tmp_path / "demo").mkdir()  # an empty folder is adopted
     first = flowclas(*argv, outputs=["demo"])
     assert first.code == 0, first.stderr
     assert (tmp_path / "demo" / ".flowclas-demo").is_file()
@@ -242,8 +245,10 @@ def test_restart_drops_the_old_best_and_logs(flowclas, tmp_path, finished_run):
     plain = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
     plain["data"]["outliers"], plain["objective"] = None, {"name": "ml"}
     recipe.write_text(yaml.safe_dump(plain))
+    (tmp_path / "run" / "notes.txt").write_text("mine")
     outcome = flowclas("train", "--config", recipe, "--output", "run", "--preview", "0", "--restart", outputs=["run"])
     assert outcome.code == 0, outcome.stderr
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
     assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["model"]["training"]["best_step"] == -1
     assert logged_steps(tmp_path / "run" / "logs" / "train.csv") == [1, 2]
@@ -293,25 +298,35 @@ def test_checkpoints_folder_that_is_a_file(flowclas, tmp_path, finished_run):
     expect_refused(outcome, "is a file")
 
 
-class Killed(Exception):
-    """Stands in for a kill between steps."""
+KILL_AT_STEP_3 = """
+import os, signal, sys
+from flowclas_ros.training.config import load_train_config
+from flowclas_ros.training.trainer import Trainer
+
+def kill(step):
+    if step == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Trainer(load_train_config(sys.argv[1], ["run.checkpoint_every=2"]), sys.argv[2], progress=False, on_step=kill).run()
+"""
 
 
-def test_resume_logs_each_step_once_and_drops_killed_temporaries(tmp_path, dataset):
-    config = load_train_config(write_recipe(tmp_path, dataset, steps=3), ["run.checkpoint_every=2"])
+def test_sigkilled_run_resumes_bit_identical_logging_each_step_once(tmp_path, dataset):
+    from flowclas_ros.model import load_bundle
 
-    def kill_at_3(step: int) -> None:
-        if step == 3:
-            raise Killed
-
-    with pytest.raises(Killed):  # steps 1-3 logged, the checkpoint holds step 2
-        Trainer(config, tmp_path / "run", progress=False, on_step=kill_at_3).run()
-    assert logged_steps(tmp_path / "run" / "logs" / "train.csv") == [1, 2, 3]
+    recipe = write_recipe(tmp_path, dataset, steps=3)
+    config = load_train_config(recipe, ["run.checkpoint_every=2"])
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_STEP_3, str(recipe), str(tmp_path / "run")],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert logged_steps(tmp_path / "run" / "logs" / "train.csv") == [1, 2, 3]  # the checkpoint holds step 2
     (tmp_path / "run" / "checkpoints" / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # a killed write
-    Trainer(config, tmp_path / "run", progress=False).run()
+    resumed = load_bundle(Trainer(config, tmp_path / "run", progress=False).run()).head_state_dict()
     assert logged_steps(tmp_path / "run" / "logs" / "train.csv") == [1, 2, 3]
     assert logged_steps(tmp_path / "run" / "logs" / "val.csv") == [1, 2, 3]
     assert not temporaries(tmp_path / "run")
+    whole = load_bundle(Trainer(config, tmp_path / "whole", progress=False).run()).head_state_dict()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
 def test_library_refuses_a_foreign_run_folder(tmp_path, dataset):
