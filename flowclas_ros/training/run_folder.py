@@ -24,6 +24,7 @@ MARKER = ".flowclas-run"
 RECIPE = "config.yaml"
 CHECKPOINT_VERSION = 1
 # what a run writes and a fresh start clears (the bundle in model/ is replaced when the run ends)
+FOLDERS = ("checkpoints", "logs", "model")
 ARTEFACTS = ("checkpoints/last.pt", "checkpoints/best.pt", "logs/train.csv", "logs/val.csv")
 # recipe keys that may change when a run resumes without changing what it computes
 RESUMABLE = {"run.devices", "data.workers"}
@@ -58,11 +59,11 @@ def open_run(config: TrainConfig, run_dir: str | Path, restart: bool = False) ->
     ``RUN/config.yaml``."""
     run_dir = Path(run_dir)
     claim_folder(run_dir, MARKER)
-    for folder in ("checkpoints", "logs"):
+    for folder in FOLDERS:
         if (run_dir / folder).exists() and not (run_dir / folder).is_dir():
-            raise UserError(f"{run_dir / folder} is a file, not a folder; {START_OVER}")
-    leftovers = [p.name for p in (run_dir / "checkpoints").glob(".*.tmp")]  # temporaries of a killed write
-    remove_entries(run_dir / "checkpoints", leftovers)
+            raise UserError(f"{run_dir / folder} is a file, not a folder; move it away or use a new --output folder")
+    for folder in FOLDERS:  # temporaries of writes a kill interrupted
+        remove_entries(run_dir / folder, [p.name for p in (run_dir / folder).glob(".*.tmp")])
     recipe = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
     resume = not restart and (run_dir / ARTEFACTS[0]).exists()
     if resume:

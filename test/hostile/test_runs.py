@@ -290,10 +290,11 @@ def test_unusable_checkpoint_is_refused(flowclas, tmp_path, finished_run, damage
     assert not (tmp_path / "pwned").exists()
 
 
-def test_checkpoints_folder_that_is_a_file(flowclas, tmp_path, finished_run):
+@pytest.mark.parametrize("folder", ["checkpoints", "logs", "model"])
+def test_run_subfolder_that_is_a_file(flowclas, tmp_path, finished_run, folder):
     recipe = copy_run(finished_run, tmp_path)
-    shutil.rmtree(tmp_path / "run" / "checkpoints")
-    (tmp_path / "run" / "checkpoints").write_text("mine")
+    shutil.rmtree(tmp_path / "run" / folder)
+    (tmp_path / "run" / folder).write_text("mine")
     outcome = flowclas("train", "--config", recipe, "--output", "run", "--preview", "0")
     expect_refused(outcome, "is a file")
 
