@@ -138,7 +138,7 @@ def autocast(ctx: Context, precision: str):
     if precision == "fp32":
         return nullcontext()
     if precision == "fp16" and ctx.device.type != "cuda":
-        raise ValueError("fp16 training needs a CUDA device; use bf16 or fp32 on CPU")
+        raise UserError("optim.precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(ctx.device.type, dtype=dtype)
 
@@ -328,7 +328,7 @@ class Trainer:
         with autocast(ctx, cfg.optim.precision):
             loss, parts = run.model(_move(batch, ctx.device), generator)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {float(loss)} at step {step}; lower optim.lr or check the data")
+            raise UserError(f"the loss is {float(loss)} at step {step}; lower optim.lr or check the data")
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip:

@@ -269,6 +269,13 @@ def _foreign(path: Path) -> None:
     torch.save(state, path)
 
 
+def test_fp16_on_cpu_is_refused(flowclas, tmp_path, dataset):
+    recipe = write_recipe(tmp_path, dataset, precision="fp16")
+    outcome = flowclas("train", "--config", recipe, "--output", "run", "--preview", "0", "--device", "cpu",
+                       outputs=["run"])
+    expect_refused(outcome, "fp16", "cuda")
+
+
 class Evil:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
