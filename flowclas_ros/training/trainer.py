@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from flowclas_ros.errors import UserError
+from flowclas_ros.errors import FlowclasError, UserError
 from flowclas_ros.metrics import BinnedMetrics, as_percentages
 from flowclas_ros.model import FlowCLASNet, save_bundle
 from flowclas_ros.model.network import pad_labels
@@ -442,13 +443,16 @@ def _context_from_env(device: str | None) -> Context:
 
 
 def _spawned(rank: int, world: int, port: int, config: TrainConfig, run_dir: str, device: str | None,
-             threads: int = 1) -> None:
+             threads: int, errors: Any) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     configure_threads(threads)
     ctx = _context_from_env(device)
     try:
         Trainer(config, run_dir, ctx).run()
+    except (FlowclasError, OSError) as exc:  # the parent says it in one line
+        errors.put(str(exc) if isinstance(exc, FlowclasError) else f"{exc.filename or ''} {exc.strerror or exc}".strip())
+        sys.exit(1)
     finally:
         dist.destroy_process_group()
 
@@ -481,8 +485,14 @@ def train(config: TrainConfig, run_dir: str | Path, device: str | None = None, p
         open_run(config, run_dir)  # refuse an unusable folder here, not in a spawned process
         # the parent's threads shared out: N processes x all cores each would oversubscribe
         threads = max(1, configured_threads() // config.run.devices)
-        mp.spawn(_spawned, args=(config.run.devices, _free_port(), config, str(run_dir), device, threads),
-                 nprocs=config.run.devices, join=True)
+        errors = mp.get_context("spawn").SimpleQueue()
+        try:
+            mp.spawn(_spawned, args=(config.run.devices, _free_port(), config, str(run_dir), device, threads, errors),
+                     nprocs=config.run.devices, join=True)
+        except mp.ProcessExitedException:
+            if errors.empty():
+                raise
+            raise UserError(errors.get()) from None
         return Path(run_dir) / "model"
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return Trainer(config, run_dir, Context(device=dev), progress).run()

@@ -270,6 +270,7 @@ def _foreign(path: Path) -> None:
 
 
 def test_fp16_on_cpu_is_refused(flowclas, tmp_path, dataset):
+    # (with --devices 2 the parent of the spawned processes says the same line; 45 s here, so not run)
     recipe = write_recipe(tmp_path, dataset, precision="fp16")
     outcome = flowclas("train", "--config", recipe, "--output", "run", "--preview", "0", "--device", "cpu",
                        outputs=["run"])
