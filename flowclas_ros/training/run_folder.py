@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from flowclas_ros.errors import UserError
-from flowclas_ros.files import atomic_write, claim_folder, remove_entries
+from flowclas_ros.files import atomic_write, claim_folder, naming, remove_entries
 from flowclas_ros.structured import expect_mapping, read_yaml
 from flowclas_ros.training.config import TrainConfig
 
@@ -160,7 +160,7 @@ class CsvLog:
 
     def write(self, row: dict) -> None:
         """Append one row and flush it to disk."""
-        with open(self.path, "a", newline="") as f:
+        with naming(self.path), open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([_fmt(row.get(k, "")) for k in self.fields])
 
     def keep_until(self, step: int) -> None:
