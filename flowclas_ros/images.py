@@ -10,6 +10,7 @@ Any failure is one ``UserError`` line naming the file.
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -31,6 +32,7 @@ MAX_PIXELS = 64 * 2**20
 """Largest image file (width x height) decoded: 8192 x 8192, about 200 MB as RGB. Sides are
 also bounded by ``MAX_SIDE``; the budget stays under Pillow's own decompression-bomb limit."""
 
+log = logging.getLogger(__name__)
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
@@ -70,12 +72,16 @@ def open_image(path: Path, what: str = "image") -> "Image":
     from PIL import Image, ImageOps
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # Pillow's notes on corrupt metadata: logged below
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path, formats=list(FORMATS)) as img:
                 check_size(img.width, img.height, f"{what} {path}")  # from the header: nothing decoded yet
                 img.load()
-                return ImageOps.exif_transpose(img)
+                upright = ImageOps.exif_transpose(img)
+        for note in caught:
+            log.debug("%s %s: %s", what, path, note.message)
+        return upright
     except UserError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
