@@ -38,12 +38,13 @@ _OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 def list_images(path: Path) -> list[Path]:
-    """One image file, or the images directly inside a folder, sorted by name."""
+    """One image file, or the image files directly inside a folder, sorted by name (regular
+    files only: a FIFO or device named ``x.png`` would block or never end)."""
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise UserError(f"input not found: {path}")
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        raise UserError(f"input not found (or not a regular file): {path}")
+    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
     return images
@@ -67,10 +68,12 @@ def open_image(path: Path, what: str = "image") -> "Image":
     """The first frame of an image file, decoded and upright (EXIF orientation applied).
 
     UserError (naming ``what`` and ``path``) for a missing, unreadable, truncated or
-    oversized file, or one in none of ``FORMATS``.
+    oversized file, one in none of ``FORMATS``, or anything but a regular file.
     """
     from PIL import Image, ImageOps
 
+    if not path.is_file():
+        raise UserError(f"cannot read {what} {path}: not a regular file")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")  # Pillow's notes on corrupt metadata: logged below

@@ -208,8 +208,9 @@ def select_images(data: dict, excluded: tuple[str, ...], min_side: int) -> tuple
 
 
 def write_outlier(image: dict, anns: list[dict], source: Path, output: Path, copy: bool, dropped: Counter) -> bool:
-    """Link/copy one image and write its 254/0 mask; False when nothing was written (no object
-    pixels). Annotations that do not decode are left out and counted in ``dropped``."""
+    """Link/copy one image and write its 254/0 mask; False when nothing was written, counted in
+    ``dropped``: no object pixels, or a file that is not a link already in the image's place
+    (it is kept). Annotations that do not decode are left out and counted there too."""
     import shutil
 
     import numpy as np
@@ -223,10 +224,14 @@ def write_outlier(image: dict, anns: list[dict], source: Path, output: Path, cop
         except ValueError as exc:
             _count(dropped, BAD_ANNOTATION, f"annotation {str(ann.get('id'))[:20]} of {image['file_name']}: {exc}")
     if not objects.any():
+        dropped["no objects"] += 1
         return False
     target = output / "train2017" / image["file_name"]
-    if target.is_symlink() or target.exists():
-        target.unlink()
+    if target.is_symlink():
+        target.unlink()  # a link (as this command writes): removing it loses nothing
+    elif target.exists():
+        _count(dropped, "existing files kept", f"{target} exists and is not a link: left as it is, not prepared")
+        return False
     if copy:
         shutil.copyfile(source, target)
     else:
@@ -250,6 +255,8 @@ def prepare_coco(coco_root: Path, output: Path, filter_name: str, annotations: P
         raise UserError(f"missing annotations {annotations} (expected COCO_ROOT/annotations/instances_train2017.json)")
     if min_side < 1:
         raise UserError(f"--min-side must be >= 1, got {min_side}")
+    if (output / "train2017").resolve() == images_dir.resolve():
+        raise UserError(f"--output {output} would write into the COCO images {images_dir}: choose another folder")
     candidates, dropped = select_images(load_instances(annotations), FILTERS[filter_name], min_side)
     (output / "train2017").mkdir(parents=True, exist_ok=True)
     (output / "ood_seg_train2017").mkdir(parents=True, exist_ok=True)
@@ -260,6 +267,4 @@ def prepare_coco(coco_root: Path, output: Path, filter_name: str, annotations: P
             _count(dropped, "missing image file", str(source))
         elif write_outlier(image, anns, source, output, copy, dropped):
             kept += 1
-        else:
-            dropped["no objects"] += 1
     return kept, dropped

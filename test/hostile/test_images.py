@@ -96,13 +96,18 @@ BAD_FILES = {
     "eps-as-png": ("s.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"),
     "float-tiff": ("f.tif", encoded(Image.new("F", (W, H), 0.5), "TIFF")),
     "zero-height-png": ("z.png", claimed_png(5, 0)),
+    "ztxt-bomb-png": ("z.png", PNG[:33] + _chunk(b"zTXt", b"k\0\0" + zlib.compress(b"a" * 2**24, 9)) + PNG[33:]),
+    "fifo": ("p.png", None),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
 def test_detect_refuses_bad_image_file(case, tmp_path, bundle, flowclas):
     name, data = BAD_FILES[case]
-    (tmp_path / name).write_bytes(data)
+    if data is None:
+        os.mkfifo(tmp_path / name)  # opening it for reading would block forever
+    else:
+        (tmp_path / name).write_bytes(data)
     outcome = flowclas("detect", "--model", bundle, "--input", name, "--output", "out", outputs=["out"])
     expect_refused(outcome, name)
     assert not (tmp_path / "out").exists()
@@ -251,6 +256,7 @@ def test_detect_folder_skips_and_counts_bad_images(tmp_path, bundle, flowclas):
     (photos / "a.png").write_bytes(PNG)
     (photos / "bomb.png").write_bytes(claimed_png(100_000, 100_000))
     (photos / "grey16.png").write_bytes(encoded(GREY16))
+    os.mkfifo(photos / "pipe.png")  # not a regular file: not listed (reading would block)
     (tmp_path / "out").mkdir()  # the harness compares the listing of tmp_path itself
     outcome = flowclas("detect", "--model", bundle, "--input", "photos", "--output", "out", outputs=["out"])
     assert outcome.code == 0 and not outcome.errors, outcome.stderr
@@ -456,6 +462,25 @@ def test_prepare_coco_refuses_bad_annotations_file(case, tmp_path, flowclas):
     path = tmp_path / "coco" / "annotations" / "instances_train2017.json"
     path.write_bytes(text.encode("latin-1") if case == "not-utf8" else text.encode())
     expect_refused(_prepare(flowclas, tmp_path), needle)
+
+
+def test_prepare_coco_refuses_to_write_into_the_coco_images(tmp_path, flowclas):
+    _coco(tmp_path / "coco", [], [])
+    outcome = flowclas("prepare-coco", "--coco-root", "coco", "--output", "coco/.", "--filter", "cityscapes",
+                       "--min-side", "1")
+    expect_refused(outcome, "would write into the COCO images")
+
+
+def test_prepare_coco_keeps_a_file_it_did_not_write(tmp_path, flowclas):
+    _coco(tmp_path / "coco", [_image()], [_ann(SQUARE, image_id=2)])
+    mine = tmp_path / "prepared" / "train2017" / "other.jpg"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("the user's own file\n")
+    for _ in range(2):  # a second run replaces its own links
+        outcome = _prepare(flowclas, tmp_path)
+        assert outcome.code == 0 and not outcome.errors, outcome.stderr
+        assert "kept 1 of 2 images" in outcome.stdout and "1 existing files kept" in outcome.stdout
+    assert mine.read_text() == "the user's own file\n" and (mine.parent / "good.jpg").is_symlink()
 
 
 def test_annotations_may_be_as_large_as_coco():
