@@ -46,7 +46,7 @@ def test_detect_mask_follows_threshold(detector):
     np.testing.assert_array_equal(det.mask, det.score >= 0.5)
     detector.threshold = 0.0
     assert detector.detect(frame).mask.all()
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(UserError, match="threshold"):
         detector.threshold = 1.5
 
 

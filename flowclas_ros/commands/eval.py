@@ -8,6 +8,8 @@ from pathlib import Path
 from flowclas_ros.commands.common import add_inference_arguments, output_folder
 from flowclas_ros.errors import UserError
 
+MAX_BINS = 1_000_000  # two int64 histograms of this many bins: 16 MB
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's flags."""
@@ -41,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
                                 ("--exact-max-pixels", args.exact_max_pixels, 0)):
         if value is not None and value < lowest:
             raise UserError(f"{flag} must be at least {lowest}, got {value}")
+    if args.bins > MAX_BINS:
+        raise UserError(f"--bins must be at most {MAX_BINS}, got {args.bins}")
     options = {} if args.max_images is None else {"max_images": args.max_images}
     if args.dataset == "rosbag":
         topics = {"image_topic": args.image_topic, "mask_topic": args.gt_topic}

@@ -134,7 +134,7 @@ class Detector:
     @threshold.setter
     def threshold(self, value: float) -> None:
         if not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {value}")
+            raise UserError(f"threshold must be in [0, 1], got {value}")
         self._threshold = float(value)
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:

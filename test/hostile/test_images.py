@@ -250,6 +250,13 @@ def test_detect_refuses_unusable_output(case, tmp_path, bundle, flowclas):
     expect_refused(outcome, "--output", output)
 
 
+@pytest.mark.parametrize("threshold", ["nan", "1.5", "-0.1", "inf"])
+def test_detect_refuses_bad_threshold(threshold, tmp_path, bundle, flowclas):
+    (tmp_path / "a.png").write_bytes(PNG)
+    outcome = flowclas("detect", "--model", bundle, "--input", "a.png", "--output", "out", "--threshold", threshold)
+    expect_refused(outcome, "threshold", threshold)
+
+
 def test_detect_folder_skips_and_counts_bad_images(tmp_path, bundle, flowclas):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -345,6 +352,13 @@ def test_eval_command_reports_skipped_item(case, tmp_path, bundle, flowclas):
 def test_eval_refuses_a_test_set_without_usable_items(tmp_path, bundle, flowclas):
     _test_set(tmp_path / "data", BAD_ITEMS["mask-label-77"], good=0)
     expect_refused(_eval(flowclas, bundle, tmp_path), "no usable items")
+
+
+@pytest.mark.parametrize("flags", [("--bins", "1000000000"), ("--bins", "1"), ("--max-images", "0")])
+def test_eval_refuses_bad_flag(flags, tmp_path, bundle, flowclas):
+    _test_set(tmp_path / "data", None)
+    outcome = flowclas("eval", "--model", bundle, "--dataset", "folder", "--root", "data", "--output", "out", *flags)
+    expect_refused(outcome, *flags)
 
 
 def test_eval_refuses_output_that_is_a_file(tmp_path, bundle, flowclas):
@@ -481,6 +495,13 @@ def test_prepare_coco_keeps_a_file_it_did_not_write(tmp_path, flowclas):
         assert outcome.code == 0 and not outcome.errors, outcome.stderr
         assert "kept 1 of 2 images" in outcome.stdout and "1 existing files kept" in outcome.stdout
     assert mine.read_text() == "the user's own file\n" and (mine.parent / "good.jpg").is_symlink()
+
+
+def test_prepare_coco_refuses_output_that_is_a_file(tmp_path, flowclas):
+    _coco(tmp_path / "coco", [], [])
+    (tmp_path / "prepared").write_text("mine\n")
+    outcome = flowclas("prepare-coco", "--coco-root", "coco", "--output", "prepared", "--filter", "cityscapes")
+    expect_refused(outcome, "prepared")
 
 
 def test_annotations_may_be_as_large_as_coco():
