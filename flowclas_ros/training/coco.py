@@ -17,7 +17,8 @@ The annotations are read with ``flowclas_ros.structured.read_json`` (bounded nes
 most ``MAX_ANNOTATION_BYTES``). A malformed image entry (not a mapping, a file name that is
 not a plain name, a size that is not integers within ``flowclas_ros.images.MAX_SIDE`` and
 ``MAX_PIXELS``, so nothing is allocated for a claimed 10^9 x 10^9 image) drops that image;
-a malformed annotation (no image id, polygons or RLE that do not decode) is left out. Each
+a malformed annotation (no image id, polygons or RLE that do not decode) is left out; an
+image whose annotations would rasterise more than ``MAX_MASK_WORK`` pixels is dropped. Each
 kind is counted and its first case logged as a warning; the rest of the set is prepared.
 """
 
@@ -43,6 +44,7 @@ OBJECT = int(Label.OBJECT)
 MAX_ANNOTATION_BYTES = 2 * 2**30  # instances_train2017.json is about 450 MB
 MAX_RLE_GROUPS = 13  # 5-bit groups per compressed RLE value: 65 bits, far beyond any image
 MAX_COORDINATE = 1e6  # polygon coordinates beyond this are garbage, not a COCO image
+MAX_MASK_WORK = 2**32  # annotations x pixels rasterised per image: a few seconds (COCO needs < 2**26)
 BAD_ANNOTATION = "malformed annotations (left out)"
 BAD_IMAGE = "malformed image entries"
 
@@ -199,6 +201,9 @@ def select_images(data: dict, excluded: tuple[str, ...], min_side: int) -> tuple
             dropped[f"smaller than {min_side} px"] += 1
         elif not anns:
             dropped["no objects"] += 1
+        elif len(anns) * image["height"] * image["width"] > MAX_MASK_WORK:
+            _count(dropped, "too many annotations for their size",
+                   f"image {image['file_name']}: {len(anns)} annotations of {image['width']}x{image['height']} pixels")
         else:
             kept.append((image, anns))
     return kept, dropped

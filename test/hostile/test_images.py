@@ -447,6 +447,14 @@ def test_prepare_coco_skips_bad_image_entry(case, tmp_path, flowclas):
     assert [p.name for p in (tmp_path / "prepared" / "ood_seg_train2017").iterdir()] == ["good.png"]
 
 
+def test_prepare_coco_drops_image_with_too_many_annotations(tmp_path, flowclas):
+    rle = {"size": [8000, 8000], "counts": [0, 64_000_000]}  # 2 numbers, 64 M pixels each
+    _coco(tmp_path / "coco", [_image(height=8000, width=8000)], [_ann(rle, image_id=2, id=k) for k in range(100)])
+    outcome = _prepare(flowclas, tmp_path)
+    assert outcome.code == 0 and not outcome.errors, outcome.stderr
+    assert "kept 1 of 2 images" in outcome.stdout and "1 too many annotations" in outcome.stdout
+
+
 @pytest.mark.parametrize("case", sorted(BAD_ANNOTATIONS))
 def test_prepare_coco_skips_bad_annotation(case, tmp_path, flowclas):
     _coco(tmp_path / "coco", [], [BAD_ANNOTATIONS[case]])
@@ -613,8 +621,12 @@ SEEDS = [encoded(noise(40, 6, 5)), encoded(noise(41, 6, 5), "JPEG", quality=70),
 
 
 def test_fuzz_image_decoder_gives_an_image_or_a_user_error(tmp_path_factory):
+    """Mutated, truncated or replaced bytes of small PNG/JPEG/BMP/TIFF/WebP files: ``read_rgb``
+    gives RGB or a one-line UserError, ``read_mask`` labels or a BadItem, never anything else."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
+
+    from flowclas_ros.training.datasets import BadItem, read_mask
 
     folder = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
     edits = st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), max_size=8)
@@ -631,9 +643,13 @@ def test_fuzz_image_decoder_gives_an_image_or_a_user_error(tmp_path_factory):
         path.write_bytes(bytes(data[:cut] if cut is not None else data))
         try:
             rgb = read_rgb(path)
+            assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
         except UserError as exc:
             assert "\n" not in str(exc)
-            return
-        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+        try:
+            labels = read_mask(path)
+            assert labels.ndim == 2 and labels.dtype.kind in "ui"
+        except BadItem as exc:
+            assert "\n" not in str(exc)
 
     decode()
