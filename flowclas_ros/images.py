@@ -87,10 +87,11 @@ def open_image(path: Path, what: str = "image") -> "Image":
         return upright
     except UserError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UserError(f"{what} {path} is larger than the {MAX_PIXELS}-pixel budget ({_reason(exc)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{what} {path} is too large to decode: more than the {MAX_PIXELS}-pixel budget "
+                        "(a decompression bomb?)") from None
     except Image.UnidentifiedImageError:
-        raise UserError(f"cannot read {what} {path}: not a {'/'.join(FORMATS)} file") from None
+        raise UserError(f"cannot read {what} {path}: not a readable {', '.join(FORMATS)} file") from None
     except OSError as exc:
         raise UserError(f"cannot read {what} {path}: {exc.strerror or _reason(exc)}") from None
     except Exception as exc:  # Pillow raises many kinds (SyntaxError, struct.error, ...) on corrupt files

@@ -54,6 +54,16 @@ def claimed_png(width: int, height: int) -> bytes:
             + _chunk(b"IEND", b""))
 
 
+def png16(array: np.ndarray, color_type: int) -> bytes:
+    """A 16-bit PNG (Pillow writes none with colour): ``array`` H x W x channels uint16."""
+    h, w = array.shape[:2]
+    rows = array.astype(">u2").reshape(h, -1).tobytes()
+    raw = b"".join(b"\0" + rows[i * len(rows) // h:(i + 1) * len(rows) // h] for i in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw))
+            + _chunk(b"IEND", b""))
+
+
 def claimed_jpeg(width: int, height: int) -> bytes:
     """A small JPEG whose frame header (SOF0) claims ``width`` x ``height`` pixels."""
     data = encoded(noise(), "JPEG")
@@ -136,6 +146,8 @@ MODES = {
     "P": (encoded(PALETTE), np.asarray(PALETTE.convert("RGB"))),
     "P-transparency": (encoded(TRANSPARENT), np.asarray(PALETTE.convert("RGB"))),
     "RGBA": (encoded(np.dstack([noise(2), np.zeros((H, W), np.uint8)])), noise(2)),
+    "RGB48-png": (png16(np.repeat(GREY16[..., None], 3, axis=2), 2), GREY8),
+    "LA32-png": (png16(np.stack([GREY16, GREY16[::-1]], -1), 4), GREY8),
     "CMYK-jpeg": (encoded(Image.new("CMYK", (W, H), (0, 0, 0, 0)), "JPEG", quality=95), np.full((H, W, 3), 255)),
 }
 
@@ -237,11 +249,12 @@ def test_detect_refuses_bad_min_area(area, tmp_path, bundle, flowclas):
     assert "--min-area" in outcome.stderr
 
 
-@pytest.mark.parametrize("case", ["output-is-file", "output-under-file", "output-read-only"])
+@pytest.mark.parametrize("case", ["output-is-file", "output-under-file", "output-read-only", "output-in-proc"])
 def test_detect_refuses_unusable_output(case, tmp_path, bundle, flowclas):
     (tmp_path / "a.png").write_bytes(PNG)
     (tmp_path / "file").write_text("mine\n")
-    output = {"output-is-file": "file", "output-under-file": "file/out", "output-read-only": "locked/out"}[case]
+    output = {"output-is-file": "file", "output-under-file": "file/out", "output-read-only": "locked/out",
+              "output-in-proc": "/proc/flowclas-hostile/out"}[case]
     if case == "output-read-only":
         if os.geteuid() == 0:
             pytest.skip("root writes into read-only folders")
