@@ -103,7 +103,9 @@ class Detector:
         self.mean = torch.tensor(config.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(config.std, device=self.device).view(1, 3, 1, 1)
         self.threshold = config.threshold if threshold is None else threshold
-        self.min_area = min_area
+        if isinstance(min_area, bool) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
+            raise UserError(f"min_area must be a whole number of pixels >= 0, got {min_area!r}")
+        self.min_area = int(min_area)
 
     @classmethod
     def from_bundle(

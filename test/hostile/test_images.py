@@ -233,6 +233,14 @@ def test_detector_refuses_dtype(case, detector):
         detector.detect(frame)
 
 
+@pytest.mark.parametrize("min_area", [-1, 2.5, "3", True])
+def test_detector_refuses_bad_min_area(min_area, small_net):
+    from flowclas_ros.runtime import Detector
+
+    with pytest.raises(UserError, match="min_area"):
+        Detector(small_net, min_area=min_area)
+
+
 def test_detector_detect_refuses_a_batch(detector):
     with pytest.raises(UserError, match="detect_batch"):
         detector.detect(np.zeros((2, H, W, 3), np.uint8))
