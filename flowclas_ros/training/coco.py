@@ -214,8 +214,9 @@ def select_images(data: dict, excluded: tuple[str, ...], min_side: int) -> tuple
 
 def write_outlier(image: dict, anns: list[dict], source: Path, output: Path, copy: bool, dropped: Counter) -> bool:
     """Link/copy one image and write its 254/0 mask; False when nothing was written, counted in
-    ``dropped``: no object pixels, or a file that is not a link already in the image's place
-    (it is kept). Annotations that do not decode are left out and counted there too."""
+    ``dropped``: no object pixels, or a file that is neither a link nor a copy of the image
+    already in its place (it is kept). Annotations that do not decode are left out and counted there too."""
+    import filecmp
     import shutil
 
     import numpy as np
@@ -234,13 +235,14 @@ def write_outlier(image: dict, anns: list[dict], source: Path, output: Path, cop
     target = output / "train2017" / image["file_name"]
     if target.is_symlink():
         target.unlink()  # a link (as this command writes): removing it loses nothing
-    elif target.exists():
+    elif target.exists() and not (target.is_file() and filecmp.cmp(source, target, shallow=False)):
         _count(dropped, "existing files kept", f"{target} exists and is not a link: left as it is, not prepared")
         return False
-    if copy:
-        shutil.copyfile(source, target)
-    else:
-        target.symlink_to(source.resolve())
+    if not target.exists():  # else a copy of the image already, from an earlier --copy run
+        if copy:
+            shutil.copyfile(source, target)
+        else:
+            target.symlink_to(source.resolve())
     mask = np.where(objects, OBJECT, 0).astype(np.uint8)
     Image.fromarray(mask).save(output / "ood_seg_train2017" / f"{Path(image['file_name']).stem}.png")
     return True

@@ -181,7 +181,10 @@ class FileDataset(ImageSequence):
             return image, np.full(image.shape[:2], self.fill, np.uint8), entry.name
         labels = apply_table(read_mask(entry.mask), self.table, entry.mask)
         if labels.shape != image.shape[:2]:
-            raise BadItem(f"{entry.mask}: mask is {labels.shape[::-1]} (w, h), image {entry.image} is {image.shape[1::-1]}")
+            turned = " (EXIF orientation turns the image or the mask: give both the same)" \
+                if labels.shape == image.shape[1::-1] else ""
+            raise BadItem(f"{entry.mask}: mask is {labels.shape[::-1]} (w, h), image {entry.image} is "
+                          f"{image.shape[1::-1]}{turned}")
         if self.need is not None and not (labels == self.need).any():
             raise BadItem(f"{entry.mask}: no pixel has label {self.need} (an outlier mask needs object pixels)")
         return image, labels, entry.name

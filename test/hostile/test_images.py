@@ -185,6 +185,11 @@ def test_exif_orientation_applies_to_masks_alike(tmp_path):
     image, got, _ = build_dataset("folder", tmp_path / "data", "test")[0]
     assert image.shape[:2] == got.shape == (W, H)
     np.testing.assert_array_equal(got, np.rot90(labels, -1))
+    (root / "masks" / "a.png").write_bytes(encoded(labels))  # not turned: the sizes differ, said so
+    ds = build_dataset("folder", tmp_path / "data", "test")
+    with pytest.raises(UserError, match="no usable items"):
+        ds[0]
+    assert "EXIF orientation" in ds.skipped[0]
 
 
 # --- frame arrays -----------------------------------------------------------------------------
@@ -524,6 +529,12 @@ def test_prepare_coco_keeps_a_file_it_did_not_write(tmp_path, flowclas):
         assert outcome.code == 0 and not outcome.errors, outcome.stderr
         assert "kept 1 of 2 images" in outcome.stdout and "1 existing files kept" in outcome.stdout
     assert mine.read_text() == "the user's own file\n" and (mine.parent / "good.jpg").is_symlink()
+    (mine.parent / "good.jpg").unlink()
+    for _ in range(2):  # --copy, twice: the second run finds its own copy
+        outcome = flowclas("prepare-coco", "--coco-root", "coco", "--output", "prepared", "--filter", "cityscapes",
+                           "--min-side", "1", "--copy", outputs=["prepared"])
+        assert outcome.code == 0 and "kept 1 of 2 images" in outcome.stdout, outcome.stdout
+    assert mine.read_text() == "the user's own file\n" and not (mine.parent / "good.jpg").is_symlink()
 
 
 def test_prepare_coco_refuses_output_that_is_a_file(tmp_path, flowclas):
