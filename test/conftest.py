@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 # Commands run in-process (main([...])) configure torch's threads from OMP_NUM_THREADS when
@@ -46,3 +47,16 @@ def randomize_head(net: FlowCLASNet, scale: float = 0.05) -> FlowCLASNet:
             if hasattr(module, "initialized"):
                 module.initialized.fill_(True)
     return net
+
+
+@pytest.fixture
+def warned():
+    """The messages of warnings the flowclas_ros loggers emit while the test runs (whether or
+    not a command configured them to stop propagating to the root logger)."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("flowclas_ros")
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)

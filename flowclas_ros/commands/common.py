@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -46,3 +48,19 @@ def options(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values = {k: v for k, v in vars(args).items() if k in names}
     return cls(**{**values, **extra})
+
+
+def output_folder(path: Path, flag: str = "--output") -> Path:
+    """``path`` created as a folder (with its parents) and checked writable; UserError naming
+    ``flag`` when it is a file, lies under a file or cannot be created or written."""
+    from flowclas_ros.errors import UserError
+
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder: name a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot create the folder ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: folder is not writable")
+    return path

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flowclas_ros.commands.common import add_inference_arguments
+from flowclas_ros.commands.common import add_inference_arguments, output_folder
 from flowclas_ros.errors import UserError
+
+MAX_BINS = 1_000_000  # two int64 histograms of this many bins: 16 MB
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,19 +43,22 @@ def run(args: argparse.Namespace) -> int:
                                 ("--exact-max-pixels", args.exact_max_pixels, 0)):
         if value is not None and value < lowest:
             raise UserError(f"{flag} must be at least {lowest}, got {value}")
+    if args.bins > MAX_BINS:
+        raise UserError(f"--bins must be at most {MAX_BINS}, got {args.bins}")
     options = {} if args.max_images is None else {"max_images": args.max_images}
     if args.dataset == "rosbag":
         topics = {"image_topic": args.image_topic, "mask_topic": args.gt_topic}
         options.update({k: v for k, v in topics.items() if v})
     dataset = build_dataset(args.dataset, args.root, "test", **options)
+    out = output_folder(Path(args.output))
     detector = Detector.from_bundle(args.model, device=args.device, precision=args.precision, backend=args.backend)
-    out = Path(args.output)
     component = None if args.component == "none" else args.component
     metrics = evaluate(detector, dataset, bins=args.bins, exact_max_pixels=args.exact_max_pixels,
                        component=component, output=out, num_overlays=args.num_overlays)
     write_metrics_json(out / "metrics.json", metrics, model=str(args.model), dataset=args.dataset,
                        root=str(args.root), threshold=detector.threshold)
-    print(f"flowclas eval: {metrics['num_images']} image(s), {metrics['method']} metrics: "
+    skipped = f" ({metrics['num_skipped']} unusable skipped)" if metrics["num_skipped"] else ""
+    print(f"flowclas eval: {metrics['num_images']} image(s){skipped}, {metrics['method']} metrics: "
           f"AP (step) {100 * metrics['ap']:.1f}%, AUPRC (trapezoid) {100 * metrics['auprc_trapz']:.1f}%, "
           f"FPR95 {100 * metrics['fpr95']:.1f}% -> {out}")
     return 0

@@ -21,15 +21,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prepare the masks and report what was kept."""
-    from flowclas_ros.training.coco import prepare_coco
+    from flowclas_ros.training.coco import BAD_ANNOTATION, prepare_coco
 
     output = Path(args.output)
     kept, dropped = prepare_coco(
         Path(args.coco_root), output, args.filter, Path(args.annotations) if args.annotations else None, args.min_side, args.copy
     )
+    bad_annotations = dropped.pop(BAD_ANNOTATION, 0)
     total = kept + sum(dropped.values())
     reasons = ", ".join(f"{n} {why}" for why, n in sorted(dropped.items())) or "none"
     print(f"flowclas prepare-coco: kept {kept} of {total} images (filter {args.filter}); dropped: {reasons}")
+    if bad_annotations:
+        print(f"flowclas prepare-coco: {bad_annotations} {BAD_ANNOTATION}")
     images = "images copied" if args.copy else "image links"
     print(f"flowclas prepare-coco: {images} -> {output / 'train2017'}, masks -> {output / 'ood_seg_train2017'}")
     return 0 if kept else 1

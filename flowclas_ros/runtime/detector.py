@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flowclas_ros.errors import UserError
 from flowclas_ros.model.bundle import read_bundle_config
 from flowclas_ros.model.config import ModelConfig
 from flowclas_ros.model.network import FlowCLASNet
@@ -28,25 +29,38 @@ class Detection:
     hazards: list[Hazard] = field(default_factory=list)
 
 
+FRAME_SHAPES = "H x W (grey), H x W x 1 (grey), H x W x 3 (RGB), H x W x 4 (RGBA, alpha dropped)"
+
+
+def is_batch(frames: np.ndarray) -> bool:
+    """Whether ``frames`` is a batch (``B x H x W x C``) rather than one frame (``as_rgb_batch``)."""
+    return frames.ndim == 4
+
+
 def as_rgb_batch(frames: np.ndarray) -> np.ndarray:
     """Validate frames and return a ``B x H x W x 3`` uint8 view or copy.
 
-    Accepts ``H x W x 3`` (RGB), ``H x W x 4`` (RGBA, alpha dropped), ``H x W`` (grey) and
-    batches of those with a leading axis.
+    One frame is ``H x W`` (grey), ``H x W x 1`` (grey), ``H x W x 3`` (RGB) or ``H x W x 4``
+    (RGBA, alpha dropped); a batch is ``B x H x W x C`` with ``C`` one of 1, 3, 4. Anything
+    else (``H x W x 2``, ``H x W x 5``, five axes, ...) and any dtype but uint8 (floats too:
+    scale them to 0..255 first) is refused with a UserError naming it.
     """
     if not isinstance(frames, np.ndarray):
-        raise TypeError(f"frames must be a numpy array, got {type(frames).__name__}")
+        raise UserError(f"frames must be a numpy array, got {type(frames).__name__}")
     if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
-    if frames.ndim == 2 or (frames.ndim == 3 and frames.shape[-1] not in (3, 4)):
-        frames = np.repeat(frames[..., None], 3, axis=-1)
+        hint = ": convert floats in [0, 1] with (x * 255).round().astype(np.uint8)" if frames.dtype.kind == "f" else ""
+        raise UserError(f"frames must be uint8 RGB (0..255), got dtype {frames.dtype}{hint}")
+    if frames.ndim == 2:
+        frames = frames[..., None]
+    if frames.ndim not in (3, 4) or frames.shape[-1] not in (1, 3, 4):
+        raise UserError(f"frame shape {frames.shape} is none of {FRAME_SHAPES}, nor a batch B x H x W x C of those")
     if frames.ndim == 3:
         frames = frames[None]
-    if frames.ndim != 4 or frames.shape[-1] not in (3, 4):
-        raise ValueError(f"frames must be HxWx3 or BxHxWx3, got shape {frames.shape}")
     b, h, w = frames.shape[:3]
     if b < 1 or not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
-        raise ValueError(f"frame size {h}x{w} (batch {b}) is outside 1..{MAX_SIDE} pixels a side")
+        raise UserError(f"frame size {h}x{w} (batch {b}) is outside 1..{MAX_SIDE} pixels a side")
+    if frames.shape[-1] == 1:
+        return np.broadcast_to(frames, (b, h, w, 3))
     return frames[..., :3]
 
 
@@ -89,7 +103,9 @@ class Detector:
         self.mean = torch.tensor(config.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(config.std, device=self.device).view(1, 3, 1, 1)
         self.threshold = config.threshold if threshold is None else threshold
-        self.min_area = min_area
+        if isinstance(min_area, bool) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
+            raise UserError(f"min_area must be a whole number of pixels >= 0, got {min_area!r}")
+        self.min_area = int(min_area)
 
     @classmethod
     def from_bundle(
@@ -120,7 +136,7 @@ class Detector:
     @threshold.setter
     def threshold(self, value: float) -> None:
         if not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {value}")
+            raise UserError(f"threshold must be in [0, 1], got {value}")
         self._threshold = float(value)
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
@@ -144,16 +160,16 @@ class Detector:
         if tuple(s.shape[-2:]) != (h, w):
             s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False)
         out = s[:, 0].clamp_(0.0, 1.0).cpu().numpy()
-        return out if frames.ndim == 4 else out[0]
+        return out if is_batch(frames) else out[0]
 
     def detect(self, frame: np.ndarray) -> Detection:
-        """Score, mask at the threshold, and hazard regions for one frame."""
-        if frame.ndim == 4:
-            raise ValueError("detect takes one frame; use detect_batch for a batch")
+        """Score, mask at the threshold, and hazard regions for one frame (shapes: ``as_rgb_batch``)."""
+        if isinstance(frame, np.ndarray) and is_batch(frame):
+            raise UserError(f"detect takes one frame, got a batch of shape {frame.shape}: use detect_batch")
         return self._finish(self.score(frame))
 
     def detect_batch(self, frames: np.ndarray) -> list[Detection]:
-        """``detect`` for a ``B x H x W x 3`` batch."""
+        """``detect`` for a ``B x H x W x C`` batch (or one frame, as a batch of one)."""
         return [self._finish(s) for s in self.score(as_rgb_batch(frames))]
 
     def _finish(self, score: np.ndarray) -> Detection:

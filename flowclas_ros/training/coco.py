@@ -12,21 +12,41 @@ decode - polygons are filled with ``PIL.ImageDraw`` and run-length encodings (th
 count list of crowd annotations and the compressed count string) are expanded with numpy.
 Polygon edges can differ from pycocotools' rasteriser by a pixel, which does not matter
 for pasting.
+
+The annotations are read with ``flowclas_ros.structured.read_json`` (bounded nesting, at
+most ``MAX_ANNOTATION_BYTES``). A malformed image entry (not a mapping, a file name that is
+not a plain name, a size that is not integers within ``flowclas_ros.images.MAX_SIDE`` and
+``MAX_PIXELS``, so nothing is allocated for a claimed 10^9 x 10^9 image) drops that image;
+a malformed annotation (no image id, polygons or RLE that do not decode) is left out; an
+image whose annotations would rasterise more than ``MAX_MASK_WORK`` pixels is dropped. Each
+kind is counted and its first case logged as a warning; the rest of the set is prepared.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import Counter
 from pathlib import Path
 
 from flowclas_ros.errors import UserError
+from flowclas_ros.images import check_size
+from flowclas_ros.structured import read_json
 from flowclas_ros.vocabulary import Label
+
+log = logging.getLogger(__name__)
 
 CITYSCAPES_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck", "traffic light", "stop sign")
 ALLO_EXTRA_CLASSES = ("microwave", "oven", "toaster", "refrigerator", "scissors", "hair drier")
 FILTERS = {"cityscapes": CITYSCAPES_CLASSES, "allo": CITYSCAPES_CLASSES + ALLO_EXTRA_CLASSES}
 MIN_SIDE = 480
 OBJECT = int(Label.OBJECT)
+MAX_ANNOTATION_BYTES = 2 * 2**30  # instances_train2017.json is about 450 MB
+MAX_RLE_GROUPS = 13  # 5-bit groups per compressed RLE value: 65 bits, far beyond any image
+MAX_COORDINATE = 1e6  # polygon coordinates beyond this are garbage, not a COCO image
+MAX_MASK_WORK = 2**32  # annotations x pixels rasterised per image: a few seconds (COCO needs < 2**26)
+BAD_ANNOTATION = "malformed annotations (left out)"
+BAD_IMAGE = "malformed image entries"
 
 
 # --- rasterising annotations ------------------------------------------------------------------
@@ -46,6 +66,8 @@ def rle_counts(counts: str) -> list[int]:
         while more:
             if pos >= len(counts):
                 raise ValueError("RLE string ends inside a value")
+            if shift >= 5 * MAX_RLE_GROUPS:
+                raise ValueError(f"an RLE value runs over {MAX_RLE_GROUPS} characters")
             group = ord(counts[pos]) - 48
             if not 0 <= group < 64:
                 raise ValueError(f"character {counts[pos]!r} is not valid in an RLE string")
@@ -65,12 +87,12 @@ def rle_mask(rle: dict, height: int, width: int):
     """A boolean ``height x width`` mask from a COCO RLE dict (``size``, ``counts`` list or string)."""
     import numpy as np
 
-    if list(rle.get("size", ())) != [height, width]:
-        raise ValueError(f"RLE size {rle.get('size')} differs from the image's {[height, width]}")
+    if rle.get("size") != [height, width]:
+        raise ValueError(f"RLE size {str(rle.get('size'))[:40]} differs from the image's {[height, width]}")
     counts = rle.get("counts")
     runs = rle_counts(counts) if isinstance(counts, str) else counts
     if not isinstance(runs, list) or not all(isinstance(r, int) and r >= 0 for r in runs):
-        raise ValueError("RLE counts must be a string or a list of non-negative integers")
+        raise ValueError("RLE counts must be a string or a list of non-negative integers (runs)")
     if sum(runs) != height * width:
         raise ValueError(f"RLE runs cover {sum(runs)} pixels, the image has {height * width}")
     values = np.arange(len(runs)) % 2 == 1  # runs alternate 0, 1, 0, ... starting with 0
@@ -86,11 +108,16 @@ def polygon_mask(polygons: list, height: int, width: int):
     canvas = Image.new("1", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
     for poly in polygons:
-        if not isinstance(poly, list) or len(poly) % 2 or not all(isinstance(v, (int, float)) for v in poly):
-            raise ValueError("a polygon must be a flat list of x, y coordinates")
+        if not isinstance(poly, list) or len(poly) % 2 or not all(_coordinate(v) for v in poly):
+            raise ValueError(f"a polygon must be a flat list of x, y coordinates within +-{MAX_COORDINATE:g}")
         if len(poly) >= 6:
             draw.polygon([(float(x), float(y)) for x, y in zip(poly[::2], poly[1::2])], fill=1, outline=1)
     return np.asarray(canvas, dtype=bool)
+
+
+def _coordinate(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and abs(value) <= MAX_COORDINATE
 
 
 def annotation_mask(segmentation, height: int, width: int):
@@ -106,47 +133,77 @@ def annotation_mask(segmentation, height: int, width: int):
 
 
 def load_instances(path: Path) -> dict:
-    """The instances JSON, checked for the fields used here."""
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise UserError(f"cannot read annotations {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise UserError(f"annotations {path} are not valid JSON: {exc}") from None
+    """The instances JSON (bounded: ``structured.read_json``), checked for the lists used here."""
+    data = read_json(path, MAX_ANNOTATION_BYTES)
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
         raise UserError(f"{path} is not a COCO instances file (needs lists 'images', 'annotations', 'categories')")
     return data
 
 
+def _count(dropped: Counter, reason: str, detail: str) -> None:
+    """Count one dropped image or annotation; the first of each reason is logged."""
+    if not dropped[reason]:
+        log.warning("%s: %s (further ones are only counted)", reason, detail)
+    dropped[reason] += 1
+
+
+def _is_key(value) -> bool:
+    """Whether ``value`` can be an id (an integer or a string)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def image_problem(image) -> str | None:
+    """Why an ``images`` entry cannot be used (a sentence), or None when it can."""
+    if not isinstance(image, dict):
+        return f"image entry is a {type(image).__name__}, not a mapping"
+    file_name, height, width = image.get("file_name"), image.get("height"), image.get("width")
+    if not isinstance(file_name, str) or Path(file_name).name != file_name or file_name in ("", ".", "..") \
+            or "\0" in file_name:
+        return f"image file_name {str(file_name)[:80]!r} is not a plain file name"
+    if not _is_key(image.get("id")):
+        return f"image {file_name} has no integer or string id"
+    if not (isinstance(height, int) and isinstance(width, int)) or isinstance(height, bool) or isinstance(width, bool):
+        return f"image {file_name}: height and width must be integers, got {str(height)[:20]}, {str(width)[:20]}"
+    try:
+        check_size(width, height, f"image {file_name}")
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
 def select_images(data: dict, excluded: tuple[str, ...], min_side: int) -> tuple[list[tuple[dict, list[dict]]], Counter]:
-    """Images to keep with their annotations, and counts of why the others were dropped."""
-    names = {c.get("name"): c.get("id") for c in data["categories"] if isinstance(c, dict)}
+    """Images to keep with their annotations, and counts of why the others (and malformed
+    annotations, under ``BAD_ANNOTATION``) were dropped."""
+    names = {c.get("name"): c.get("id") for c in data["categories"]
+             if isinstance(c, dict) and isinstance(c.get("name"), str) and _is_key(c.get("id"))}
     unknown = [n for n in excluded if n not in names]
     if unknown:
         raise UserError(f"the annotations have no categories named {', '.join(unknown)}: is this COCO instances_train2017.json?")
     excluded_ids = {names[n] for n in excluded}
-    annotations: dict[int, list[dict]] = {}
+    dropped: Counter = Counter()
+    annotations: dict[int | str, list[dict]] = {}
     for ann in data["annotations"]:
-        if not isinstance(ann, dict) or "image_id" not in ann or "segmentation" not in ann:
-            raise UserError(f"annotation {ann.get('id') if isinstance(ann, dict) else ann!r} lacks image_id or segmentation")
+        if not isinstance(ann, dict) or not _is_key(ann.get("image_id")) or "segmentation" not in ann \
+                or not (ann.get("category_id") is None or _is_key(ann.get("category_id"))):
+            _count(dropped, BAD_ANNOTATION, f"{str(ann)[:80]} lacks an image_id, a category_id or a segmentation")
+            continue
         annotations.setdefault(ann["image_id"], []).append(ann)
-    kept, dropped = [], Counter()
+    kept = []
     for image in data["images"]:
-        try:
-            file_name, height, width = image["file_name"], int(image["height"]), int(image["width"])
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"image entry {image!r} lacks file_name, height or width") from None
-        if not isinstance(file_name, str) or Path(file_name).name != file_name or file_name in ("", ".", ".."):
-            raise UserError(f"image file_name {file_name!r} is not a plain file name")
-        anns = annotations.get(image.get("id"), [])
+        problem = image_problem(image)
+        if problem is not None:
+            _count(dropped, BAD_IMAGE, problem)
+            continue
+        anns = annotations.get(image["id"], [])
         if any(a.get("category_id") in excluded_ids for a in anns):
             dropped["filtered classes"] += 1
-        elif min(height, width) < min_side:
+        elif min(image["height"], image["width"]) < min_side:
             dropped[f"smaller than {min_side} px"] += 1
         elif not anns:
             dropped["no objects"] += 1
+        elif len(anns) * image["height"] * image["width"] > MAX_MASK_WORK:
+            _count(dropped, "too many annotations for their size",
+                   f"image {image['file_name']}: {len(anns)} annotations of {image['width']}x{image['height']} pixels")
         else:
             kept.append((image, anns))
     return kept, dropped
@@ -155,29 +212,37 @@ def select_images(data: dict, excluded: tuple[str, ...], min_side: int) -> tuple
 # --- writing ----------------------------------------------------------------------------------
 
 
-def write_outlier(image: dict, anns: list[dict], source: Path, output: Path, copy: bool) -> bool:
-    """Link/copy one image and write its 254/0 mask; False when nothing was written (no object pixels)."""
+def write_outlier(image: dict, anns: list[dict], source: Path, output: Path, copy: bool, dropped: Counter) -> bool:
+    """Link/copy one image and write its 254/0 mask; False when nothing was written, counted in
+    ``dropped``: no object pixels, or a file that is neither a link nor a copy of the image
+    already in its place (it is kept). Annotations that do not decode are left out and counted there too."""
+    import filecmp
     import shutil
 
     import numpy as np
     from PIL import Image
 
-    height, width = int(image["height"]), int(image["width"])
+    height, width = image["height"], image["width"]
     objects = np.zeros((height, width), dtype=bool)
     for ann in anns:
         try:
             objects |= annotation_mask(ann["segmentation"], height, width)
         except ValueError as exc:
-            raise UserError(f"annotation {ann.get('id')} of {image['file_name']}: {exc}") from None
+            _count(dropped, BAD_ANNOTATION, f"annotation {str(ann.get('id'))[:20]} of {image['file_name']}: {exc}")
     if not objects.any():
+        dropped["no objects"] += 1
         return False
     target = output / "train2017" / image["file_name"]
-    if target.is_symlink() or target.exists():
-        target.unlink()
-    if copy:
-        shutil.copyfile(source, target)
-    else:
-        target.symlink_to(source.resolve())
+    if target.is_symlink():
+        target.unlink()  # a link (as this command writes): removing it loses nothing
+    elif target.exists() and not (target.is_file() and filecmp.cmp(source, target, shallow=False)):
+        _count(dropped, "existing files kept", f"{target} exists and is not a link: left as it is, not prepared")
+        return False
+    if not target.exists():  # else a copy of the image already, from an earlier --copy run
+        if copy:
+            shutil.copyfile(source, target)
+        else:
+            target.symlink_to(source.resolve())
     mask = np.where(objects, OBJECT, 0).astype(np.uint8)
     Image.fromarray(mask).save(output / "ood_seg_train2017" / f"{Path(image['file_name']).stem}.png")
     return True
@@ -185,9 +250,8 @@ def write_outlier(image: dict, anns: list[dict], source: Path, output: Path, cop
 
 def prepare_coco(coco_root: Path, output: Path, filter_name: str, annotations: Path | None = None,
                  min_side: int = MIN_SIDE, copy: bool = False) -> tuple[int, Counter]:
-    """Write the prepared outlier set; returns the number kept and the counts of dropped images by reason."""
-    import sys
-
+    """Write the prepared outlier set; returns the number kept and the counts of dropped images
+    (and of malformed annotations, under ``BAD_ANNOTATION``) by reason."""
     from tqdm import tqdm
 
     images_dir = coco_root / "train2017"
@@ -198,6 +262,8 @@ def prepare_coco(coco_root: Path, output: Path, filter_name: str, annotations: P
         raise UserError(f"missing annotations {annotations} (expected COCO_ROOT/annotations/instances_train2017.json)")
     if min_side < 1:
         raise UserError(f"--min-side must be >= 1, got {min_side}")
+    if (output / "train2017").resolve() == images_dir.resolve():
+        raise UserError(f"--output {output} would write into the COCO images {images_dir}: choose another folder")
     candidates, dropped = select_images(load_instances(annotations), FILTERS[filter_name], min_side)
     (output / "train2017").mkdir(parents=True, exist_ok=True)
     (output / "ood_seg_train2017").mkdir(parents=True, exist_ok=True)
@@ -205,11 +271,7 @@ def prepare_coco(coco_root: Path, output: Path, filter_name: str, annotations: P
     for image, anns in tqdm(candidates, desc="prepare-coco", unit="img"):
         source = images_dir / image["file_name"]
         if not source.is_file():
-            if not dropped["missing image file"]:
-                tqdm.write(f"flowclas prepare-coco: image missing: {source} (further ones are only counted)", file=sys.stderr)
-            dropped["missing image file"] += 1
-        elif write_outlier(image, anns, source, output, copy):
+            _count(dropped, "missing image file", str(source))
+        elif write_outlier(image, anns, source, output, copy, dropped):
             kept += 1
-        else:
-            dropped["no objects"] += 1
     return kept, dropped

@@ -153,7 +153,7 @@ def adopt_input_size(data: dict[str, Any]) -> None:
                 try:
                     with Image.open(path) as image:
                         sizes.add((image.height, image.width))
-                except OSError:
+                except (OSError, Image.DecompressionBombError):  # unusable files are skipped when loaded
                     continue
             if len(sizes) > 1:
                 break

@@ -58,7 +58,10 @@ class PastedSamples(Dataset):
 
     ``i`` indexes ``indices`` (the training or validation part of the inlier set); outliers
     are drawn from ``outlier_indices`` of the outlier source. With no outlier source the
-    mixed image is the plain crop and the outlier view is absent.
+    mixed image is the plain crop and the outlier view is absent. An unusable inlier or
+    outlier item is replaced by the next usable one of its dataset (``training.datasets``),
+    a choice that depends only on the files: every batch is full and a resumed run draws the
+    same samples as an uninterrupted one instead of failing at the same step again.
     """
 
     def __init__(self, config: TrainConfig, indices: np.ndarray, inliers, outliers=None,

@@ -8,10 +8,14 @@
 - ``outliers``: 254 object, 0 background, 255 ignore.
 
 Loaders check their folders when built and raise ``UserError`` naming the missing path and
-the expected pattern. An item that cannot be used at fetch time (unreadable image or mask,
-label values the layout does not define, image and mask sizes differ) is reported once with
-a ``SkippedItemWarning`` naming the file and replaced by the next usable item, so an epoch
-never stops halfway; ``dataset.skipped`` records what was skipped and why.
+the expected pattern. An item that cannot be used at fetch time (unreadable, truncated or
+oversized image or mask - ``flowclas_ros.images.open_image`` -, label values the layout does
+not define, image and mask sizes differ, an outlier mask without object pixels) is logged
+once as a warning naming the file and replaced by the next usable item in index order, so
+an epoch never stops halfway and a batch is always full; ``dataset.skipped`` records what
+was skipped and why (in this process: DataLoader workers keep their own). The replacement
+depends only on which files are unusable, never on what was fetched before, so training
+draws the same samples in every run and after every resume.
 
 ``rosbag`` reads frames (and optional masks) from a rosbag2 topic: indexed once when built,
 each message fetched and decoded on demand (``RosbagDataset``).
@@ -20,26 +24,23 @@ each message fetched and decoded on demand (``RosbagDataset``).
 from __future__ import annotations
 
 import inspect
-import warnings
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from flowclas_ros.errors import UserError
-from flowclas_ros.images import IMAGE_SUFFIXES, read_rgb
+from flowclas_ros.images import IMAGE_SUFFIXES, open_image, read_rgb
 from flowclas_ros.vocabulary import Label
+
+log = logging.getLogger(__name__)
 
 INLIER, ANOMALY, OBJECT, IGNORE = (int(v) for v in (Label.INLIER, Label.ANOMALY, Label.OBJECT, Label.VOID))
 _UNDEFINED = 256  # label-table entry for a raw value the layout does not define
 
 Item = tuple[np.ndarray, np.ndarray, str]
-
-
-class SkippedItemWarning(UserWarning):
-    """An unusable image or mask was skipped (issued once per item)."""
 
 
 class BadItem(Exception):
@@ -93,18 +94,27 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A single-channel label image (8 or 16 bit; grey saved as RGB is accepted); ``BadItem`` if unusable."""
+    """A single-channel label image (8 or 16 bit) as its stored values; ``BadItem`` if unusable.
+
+    Opened like every image (``open_image``: EXIF orientation applied, as for the image it
+    labels). Accepted: 1-bit (0/1), grey and palette (the indices), 16-bit grey, grey with
+    alpha (alpha ignored), and RGB(A) whose three colour channels are equal.
+    """
     try:
-        with Image.open(path) as img:
-            array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise BadItem(f"cannot read mask {path}: {exc}") from None
+        img = open_image(path, "mask")
+    except UserError as exc:
+        raise BadItem(str(exc)) from None
+    if img.mode in ("LA", "PA"):
+        img = img.getchannel(0)
+    if img.mode not in ("1", "L", "P", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I"):
+        raise BadItem(f"{path}: mask has mode {img.mode}, expected one channel of label values")
+    array = np.asarray(img)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
     if array.ndim == 3:
         if not (array[..., :3] == array[..., :1]).all():
             raise BadItem(f"{path}: mask is a colour image, expected one channel of label values")
         array = array[..., 0]
-    if array.ndim != 2 or array.dtype.kind not in "ui":
-        raise BadItem(f"{path}: mask is not an integer label image")
     return array
 
 
@@ -135,7 +145,7 @@ class ImageSequence(Sequence):
                 return self.load(j)
             except BadItem as exc:
                 self.skipped[j] = str(exc)
-                warnings.warn(f"skipped item {j} of {self.source}: {exc}", SkippedItemWarning, stacklevel=2)
+                log.warning("skipped item %d of %s (%d so far): %s", j, self.source, len(self.skipped), exc)
         raise UserError(f"no usable items in {self.source} ({n} skipped, e.g. {next(iter(self.skipped.values()))})")
 
 
@@ -149,11 +159,16 @@ class Entry:
 
 
 class FileDataset(ImageSequence):
-    """Images and masks on disk; raw mask values mapped through a label table."""
+    """Images and masks on disk; raw mask values mapped through a label table.
 
-    def __init__(self, source: str, entries: list[Entry], table: np.ndarray, fill: int = INLIER) -> None:
+    ``need``: a label every usable item must have at least one pixel of (outlier sources:
+    ``OBJECT``, since a mask without object pixels has nothing to paste).
+    """
+
+    def __init__(self, source: str, entries: list[Entry], table: np.ndarray, fill: int = INLIER,
+                 need: int | None = None) -> None:
         super().__init__()
-        self.source, self.entries, self.table, self.fill = source, entries, table, fill
+        self.source, self.entries, self.table, self.fill, self.need = source, entries, table, fill, need
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -166,7 +181,12 @@ class FileDataset(ImageSequence):
             return image, np.full(image.shape[:2], self.fill, np.uint8), entry.name
         labels = apply_table(read_mask(entry.mask), self.table, entry.mask)
         if labels.shape != image.shape[:2]:
-            raise BadItem(f"{entry.mask}: mask is {labels.shape[::-1]} (w, h), image {entry.image} is {image.shape[1::-1]}")
+            turned = " (EXIF orientation turns the image or the mask: give both the same)" \
+                if labels.shape == image.shape[1::-1] else ""
+            raise BadItem(f"{entry.mask}: mask is {labels.shape[::-1]} (w, h), image {entry.image} is "
+                          f"{image.shape[1::-1]}{turned}")
+        if self.need is not None and not (labels == self.need).any():
+            raise BadItem(f"{entry.mask}: no pixel has label {self.need} (an outlier mask needs object pixels)")
         return image, labels, entry.name
 
 
@@ -244,7 +264,7 @@ def folder_dataset(root: Path, split: str, max_images: int | None = None, ignore
     table = {"train": TRAIN_TABLE, "test": TEST_TABLE, "outliers": _outlier_table(ignore_background)}[split]
     required = (lambda image: False) if split == "train" else (lambda image: True)
     entries = _pair("folder", images, lambda p: base / "masks" / f"{p.stem}.png", lambda p: p.stem, required)
-    return FileDataset(f"folder dataset {base}", entries, table)
+    return FileDataset(f"folder dataset {base}", entries, table, need=OBJECT if split == "outliers" else None)
 
 
 def _outlier_table(ignore_background: bool) -> np.ndarray:
@@ -324,7 +344,7 @@ def coco_dataset(root: Path, split: str, max_images: int | None = None, ignore_b
     missing = [f"{e.mask} -> {e.image}" for e in entries if not e.image.is_file()]
     if missing:
         raise UserError(f"coco: {len(missing)} of {len(entries)} masks have no image, e.g. {'; '.join(missing[:3])}")
-    return FileDataset(f"coco outliers {root}", entries, _outlier_table(ignore_background))
+    return FileDataset(f"coco outliers {root}", entries, _outlier_table(ignore_background), need=OBJECT)
 
 
 def fishyscapes_laf_dataset(root: Path, split: str, max_images: int | None = None) -> FileDataset:

@@ -37,10 +37,11 @@ def evaluate(
     ``(image, labels, name)``, labels 0 inlier / 1 anomaly / 255 void).
 
     Returns fractions: ``ap``, ``auprc_trapz``, ``fpr95``, ``auroc``, ``num_pixels``,
-    ``num_images``, ``method`` ("exact" or "binned"), ``bins``, ``best_f1_threshold``, and
-    ``component`` (track ``component``, binarised at ``best_f1_threshold``) when asked.
-    With ``output``, also writes the curves, the histogram and ``num_overlays`` overlays there.
-    Items a dataset reports as skipped (``dataset.skipped``) are not counted twice.
+    ``num_images``, ``num_skipped`` (unusable items, each logged by the dataset), ``method``
+    ("exact" or "binned"), ``bins``, ``best_f1_threshold``, and ``component`` (track
+    ``component``, binarised at ``best_f1_threshold``) when asked. With ``output``, also
+    writes the curves, the histogram and ``num_overlays`` overlays there. Items a dataset
+    reports as skipped (``dataset.skipped``) are not counted twice.
     """
     import tempfile
 
@@ -82,8 +83,8 @@ def evaluate(
         chosen = exact if exact is not None else binned
         metrics = chosen.compute()
         best = chosen.best_f1_threshold()
-        metrics.update(num_images=num_images, method="exact" if exact is not None else "binned",
-                       bins=bins, best_f1_threshold=best)
+        metrics.update(num_images=num_images, num_skipped=len(getattr(dataset, "skipped", ())),
+                       method="exact" if exact is not None else "binned", bins=bins, best_f1_threshold=best)
         if components is not None:
             for index in range(num_images):
                 with np.load(Path(cache) / f"{index}.npz") as frame:
