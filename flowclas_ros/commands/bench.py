@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from flowclas_ros.commands.common import add_threads_argument, options
+from flowclas_ros.commands.common import add_threads_argument, device_value, options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="peak throughput of the hardware, TFLOP/s (default on CPU: measured float32 matmul throughput)")
     add_threads_argument(parser)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--device", type=device_value, default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--no-pipeline", action="store_true", help="time the model alone")
     parser.add_argument("--load", action="store_true",
                         help="also time every case beside a competing multi-threaded torch process (started and stopped here)")

@@ -24,6 +24,27 @@ def threads_value(text: str) -> int:
     return value
 
 
+def device_value(text: str) -> str:
+    """``--device`` values: ``cpu``, or ``cuda``/``cuda:N`` naming a GPU this machine has."""
+    if text == "cpu":
+        return text
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device is available here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has CUDA devices 0..{count - 1}")
+    return text
+
+
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
     """``--threads``, for every command that runs torch or ONNX Runtime on the CPU."""
     p.add_argument("--threads", type=threads_value, default=0, metavar="N",
@@ -38,7 +59,7 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", required=True, help="model bundle directory")
     p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference backend")
-    p.add_argument("--device", default="cpu", help="device, e.g. cpu or cuda:0")
+    p.add_argument("--device", type=device_value, default="cpu", help="device, e.g. cpu or cuda:0")
     p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS))
     add_threads_argument(p)
 

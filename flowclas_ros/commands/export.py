@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from flowclas_ros.commands.common import device_value
 from flowclas_ros.deploy.compile import FORMATS
 from flowclas_ros.deploy.quantize import DEFAULT_FRAMES
 from flowclas_ros.deploy.shapes import InputShape, parse_size
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "recalibrates (rebuilds the artefact)")
     parser.add_argument("--calibration-frames", type=int, default=DEFAULT_FRAMES, metavar="N",
                         help=f"int8: calibrate on up to N frames spread over the folder (default {DEFAULT_FRAMES})")
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for tensorrt")
+    parser.add_argument("--device", type=device_value, default="cpu", help="cpu, or cuda[:N] for tensorrt")
     parser.add_argument("--force", action="store_true", help="rebuild even if a valid or corrupt artefact exists")
 
 

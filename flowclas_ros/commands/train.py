@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flowclas_ros.commands.common import add_threads_argument
+from flowclas_ros.commands.common import add_threads_argument, device_value
 
 # Everyday flags and the config keys they set.
 FLAGS = {
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="optimiser steps")
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--devices", type=int, help="processes on this machine (one per GPU; gloo on CPU)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_value, help="cpu or cuda (default: cuda when available)")
     add_threads_argument(p)
     p.add_argument("--restart", action="store_true", help="start over: remove the checkpoints and logs of the run in --output")
     p.add_argument("--preview", type=int, default=8, metavar="N",

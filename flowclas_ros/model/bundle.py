@@ -17,11 +17,13 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 from flowclas_ros import __version__
-from flowclas_ros.errors import FlowclasError
+from flowclas_ros.errors import FlowclasError, UserError
 from flowclas_ros.files import atomic_write, sha256
 from flowclas_ros.model.config import ConfigError, ModelConfig
 from flowclas_ros.model.encoders import WeightsError
+from flowclas_ros.model.flow import Permutation
 from flowclas_ros.model.network import FlowCLASNet
+from flowclas_ros.structured import read_json
 
 FORMAT = "flowclas-bundle"
 # 2: the authors' network (issue 10): ActNorm ``loc``/``log_scale``, the residual subnet
@@ -69,9 +71,9 @@ def read_bundle_config(directory: str | Path) -> tuple[ModelConfig, dict]:
     if not path.is_file():
         raise BundleError(f"not a model bundle: {path} is missing")
     try:
-        meta = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"corrupt bundle config {path}: {exc}") from None
+        meta = read_json(path)
+    except UserError as exc:
+        raise BundleError(f"corrupt bundle config: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"{path} is not a flowclas bundle config (format tag missing)")
     found = meta.get("format_version")
@@ -83,11 +85,11 @@ def read_bundle_config(directory: str | Path) -> tuple[ModelConfig, dict]:
             if found == 1 else ""
         )
         raise BundleError(
-            f"{path} has bundle format version {found!r}; this flowclas reads version "
+            f"{path} has bundle format version {repr(found)[:40]}; this flowclas reads version "
             f"{FORMAT_VERSION}{hint}"
         )
     try:
-        config = ModelConfig.from_dict(meta.get("model") or {})
+        config = ModelConfig.from_dict(meta.get("model"))
     except ConfigError as exc:
         raise BundleError(f"invalid model config in {path}: {exc}") from None
     return config, meta
@@ -113,7 +115,22 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Fl
     expected = model.state_dict() if config.encoder.weights is None else model.head_state_dict()
     _check_tensors(expected, tensors, weights)
     model.load_state_dict(tensors, strict=False)
+    check_values(model, directory)
     return model.to(device).eval()
+
+
+def check_values(model: FlowCLASNet, directory: str | Path) -> None:
+    """Raise BundleError on non-finite numbers in any tensor (bundle or encoder weights) and permutations
+    that are not: caught at load, not as NaN scores ("all clear") or an index error at inference."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise BundleError(f"{directory}: non-finite values (NaN or infinity) in {', '.join(bad[:5])}")
+    for name, module in model.named_modules():
+        if isinstance(module, Permutation):
+            try:
+                module.check()
+            except ValueError as exc:
+                raise BundleError(f"{directory}: {name}: {exc}") from None
 
 
 def _check_tensors(expected: dict[str, Tensor], found: dict[str, Tensor], source: Path) -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from flowclas_ros.errors import FlowclasError
-from flowclas_ros.model.encoders.base import EncoderConfig
+from flowclas_ros import limits
+from flowclas_ros.errors import UserError
+from flowclas_ros.model.encoders.base import EncoderConfig, check_encoder
 from flowclas_ros.model.encoders.efficientnet import LITE_MEAN, LITE_STD
+from flowclas_ros.structured import expect_mapping, load_yaml, read_yaml
 
 # The head registry: ``flowclas_ros.model.heads`` builds the modules of the heads after the
 # first two (the conv-flow heads live in network.py); ``FlowConfig.for_head`` holds defaults.
@@ -21,7 +25,7 @@ SCORE_VARIANTS = ("prob", "logp")
 SQUASHES = ("batch_sigmoid", "clamp", "sigmoid")
 
 
-class ConfigError(FlowclasError):
+class ConfigError(UserError):
     """A configuration value is missing, unknown or out of range."""
 
 
@@ -103,36 +107,41 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError on any value out of its range."""
+        """Raise ConfigError on any value out of its range (flowclas_ros.limits)."""
+        enc = self.encoder
         checks = [
             (self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}"),
             (self.score in SCORE_VARIANTS, f"score must be one of {SCORE_VARIANTS}, got {self.score!r}"),
             (self.squash in SQUASHES, f"squash must be one of {SQUASHES}, got {self.squash!r}"),
-            (self.flow.steps >= 1, f"flow.steps must be >= 1, got {self.flow.steps}"),
             (self.flow.subnet in ("residual", "simple"), f"flow.subnet must be residual or simple, got {self.flow.subnet!r}"),
-            (self.flow.clamp > 0, f"flow.clamp must be > 0, got {self.flow.clamp}"),
-            (self.flow.hidden_ratio > 0, f"flow.hidden_ratio must be > 0, got {self.flow.hidden_ratio}"),
-            (self.projection_dim >= 0, f"projection_dim must be >= 0, got {self.projection_dim}"),
-            (self.seg_classes >= 0, f"seg_classes must be >= 0, got {self.seg_classes}"),
-            (0.0 <= self.threshold <= 1.0, f"threshold must be in [0, 1], got {self.threshold}"),
             (len(self.mean) == 3 and len(self.std) == 3, "mean and std need 3 values (RGB)"),
-            (all(s > 0 for s in self.std), f"std values must be > 0, got {self.std}"),
-            (len(self.encoder.input_size) == 2 and all(16 <= s <= 8192 for s in self.encoder.input_size),
-             f"encoder.input_size must be [height, width] in 16..8192, got {self.encoder.input_size}"),
-            (len(self.encoder.layers) >= 1, "encoder.layers needs at least one layer"),
+            (all(limits.MEAN.contains(m) for m in self.mean), f"mean values must be in {limits.MEAN}, got {self.mean}"),
+            (all(limits.STD.contains(s) for s in self.std), f"std values must be in {limits.STD}, got {self.std}"),
+            (len(enc.input_size) == 2 and all(limits.INPUT_SIDE.contains(s) and isinstance(s, int) for s in enc.input_size)
+             and enc.input_size[0] * enc.input_size[1] <= limits.MAX_INPUT_PIXELS,
+             f"encoder.input_size must be [height, width], each an integer in {limits.INPUT_SIDE} and at most "
+             f"{limits.MAX_INPUT_PIXELS} pixels in all, got {enc.input_size}"),
+            (1 <= len(enc.layers) <= limits.MAX_LAYERS,
+             f"encoder.layers needs 1 to {limits.MAX_LAYERS} layers, got {len(enc.layers)}"),
         ]
         if self.cflow is not None:
             c = self.cflow
             checks += [
-                (c.condition_dim > 0 and c.condition_dim % 4 == 0,
-                 f"cflow.condition_dim must be a positive multiple of 4, got {c.condition_dim}"),
-                (c.vectors >= 1, f"cflow.vectors must be >= 1, got {c.vectors}"),
+                (c.condition_dim % 4 == 0, f"cflow.condition_dim must be a positive multiple of 4, got {c.condition_dim}"),
                 (c.ml_form in CFLOW_ML_FORMS, f"cflow.ml_form must be one of {CFLOW_ML_FORMS}, got {c.ml_form!r}"),
-                (0.0 <= c.reference_momentum < 1.0, f"cflow.reference_momentum must be in [0, 1), got {c.reference_momentum}"),
             ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if problem := limits.out_of_range(self, limits.MODEL):
+            raise ConfigError(problem)
+        check_free_form(enc.options, "encoder.options")
+        check_free_form(self.training, "training")
+        check_free_form(self.metrics, "metrics")
+        try:
+            check_encoder(enc)
+        except ValueError as exc:
+            raise ConfigError(f"encoder: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
@@ -144,32 +153,62 @@ class ModelConfig:
         return dataclass_from_dict(cls, data, "")
 
 
+_TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false"}
+
+
 def dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
     """The dataclass ``cls`` from a mapping, every value checked against its type hint; ConfigError names ``where``."""
+    name = where.rstrip(".") or "config"
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{name} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(str(k) for k in data if k not in names)
     if unknown:
-        raise ConfigError(f"unknown key(s) in {where or 'config'}: {', '.join(unknown)}")
+        raise ConfigError(f"unknown key(s) in {name}: {_short(', '.join(unknown))}")
     kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"{where or 'config'}: {exc}") from None
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def check_free_form(value: dict, where: str) -> None:
+    """Raise ConfigError unless the free-form mapping ``value`` holds at most
+    ``limits.MAX_FREE_FORM_VALUES`` values, nested ones (and repeats of a YAML alias) counted."""
+    stack: list[Any] = [value]
+    count = 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limits.MAX_FREE_FORM_VALUES:
+            raise ConfigError(f"{where} holds more than {limits.MAX_FREE_FORM_VALUES} values")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 def _float(value: Any, where: str) -> float:
-    """A number; also a numeric string, since YAML 1.1 reads ``1e-5`` (no dot) as a string."""
+    """A finite number; also a numeric string, since YAML 1.1 reads ``1e-5`` (no dot) as a string."""
+    number = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    try:
-        if isinstance(value, str):
-            return float(value)
-    except ValueError:
-        pass
-    raise ConfigError(f"{where}: expected a number, got {value!r}")
+        number = float(value) if abs(value) < 1e300 else math.inf
+    elif isinstance(value, str) and len(value) <= 64:
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None:
+        raise ConfigError(f"{where}: expected a number, got {_short(value)}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: expected a finite number, got {_short(value)}")
+    return number
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
@@ -190,18 +229,23 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: value {value!r} does not fit {hint}")
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_short(value)}")
+        fixed = origin is tuple and len(args) > 1 and args[-1] is not Ellipsis
+        if fixed and len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {len(value)}")
+        if len(value) > limits.MAX_FREE_FORM_VALUES:
+            raise ConfigError(f"{where}: more than {limits.MAX_FREE_FORM_VALUES} values")
         items = [_coerce(args[0], v, where) for v in value] if args else list(value)
         return tuple(items) if origin is tuple else items
     if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: expected a mapping of names to values, got {_short(value)}")
         return value
     if hint is float:
         return _float(value, where)
     if hint in (int, str, bool):
         if type(value) is not hint:
-            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected {_TYPE_NAMES[hint]}, got {_short(value)}")
         return value
     return value
 
@@ -210,36 +254,40 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a nested dict copy."""
     import copy
 
-    import yaml
-
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
+        parts = key.split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {_short(item)} is not of the form dotted.key=value")
         node = data
-        *parents, leaf = key.split(".")
+        *parents, leaf = parts
         for part in parents:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a mapping")
-        node[leaf] = yaml.safe_load(raw)
+                raise ConfigError(f"--set {key}: {part} is not a mapping")
+        try:
+            node[leaf] = load_yaml(raw, f"--set {key}")
+        except UserError as exc:
+            raise ConfigError(str(exc)) from None
     return data
+
+
+def read_config_file(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` (empty when the file is); ``what`` names it in errors."""
+    try:
+        return expect_mapping(read_yaml(path), f"{what} {path}")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UserError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_model_config(path: str | None, overrides: Sequence[str] = ()) -> ModelConfig:
     """A ModelConfig from a YAML file (or the defaults) plus ``key=value`` overrides."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    data = read_config_file(path, "config") if path else {}
     return ModelConfig.from_dict(with_head_defaults(apply_overrides(data, list(overrides))))
 
 

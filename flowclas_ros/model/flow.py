@@ -90,6 +90,14 @@ class Permutation(nn.Module):
         """Invert :meth:`forward` exactly."""
         return y.index_select(1, self.inv)
 
+    def check(self) -> None:
+        """Raise ValueError unless ``perm`` (as loaded) is a permutation of the channels and ``inv`` its inverse."""
+        n = self.perm.numel()
+        if self.perm.dim() != 1 or not torch.equal(torch.sort(self.perm).values, torch.arange(n, device=self.perm.device)):
+            raise ValueError(f"perm is not a permutation of 0..{n - 1}")
+        if self.inv.shape != self.perm.shape or not torch.equal(self.inv, torch.argsort(self.perm)):
+            raise ValueError("inv is not the inverse of perm")
+
 
 def _exporting() -> bool:
     is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5

@@ -49,8 +49,8 @@ from torch import Tensor
 
 from flowclas_ros.errors import FlowclasError
 from flowclas_ros.files import sha256
-from flowclas_ros.model.bundle import save_bundle
-from flowclas_ros.model.config import ConfigError, FlowConfig, ModelConfig, with_head_defaults
+from flowclas_ros.model.bundle import BundleError, check_values, save_bundle
+from flowclas_ros.model.config import FlowConfig, ModelConfig, read_config_file, with_head_defaults
 from flowclas_ros.model.encoders import EncoderConfig, WeightsError
 from flowclas_ros.model.encoders.dinov2 import VIT_SPECS, DINOv2Encoder, load_backbone, load_reins
 from flowclas_ros.model.flow import split_channels
@@ -122,6 +122,14 @@ def _model_keys(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]
     return dict(state), []
 
 
+def _size(state: dict[str, Tensor], key: str, axis: int) -> int:
+    """``state[key].shape[axis]``, or a CheckpointError when the tensor has too few dimensions."""
+    shape = tuple(state[key].shape)
+    if len(shape) <= axis:
+        raise CheckpointError(f"{key} has shape {shape}: not the authors' layout")
+    return int(shape[axis])
+
+
 def _count(state: dict[str, Tensor], pattern: str) -> int:
     found = {int(m[1]) for k in state if (m := re.match(pattern, k))}
     if found and found != set(range(len(found))):
@@ -136,21 +144,22 @@ def infer_config(state: dict[str, Tensor], base: ModelConfig | None) -> ModelCon
     if scales == 0:
         raise CheckpointError("no feature LayerNorm (norms.0.weight): not a checkpoint of the authors' FlowCLAS")
     channels = [int(state[f"norms.{i}.weight"].numel()) for i in range(scales)]
+    if min(channels) < 2:
+        raise CheckpointError(f"feature LayerNorms of {channels} channels: a coupling flow needs at least 2")
     steps = _count(state, r"^flow_blocks\.0\.module_list\.(\d+)\.") // 3
     if steps == 0:
         raise CheckpointError("no coupling flow (flow_blocks.0.module_list.*): only the authors' FrEIA flows import")
     c1 = split_channels(channels[0])
     prefix = "flow_blocks.0.module_list.2.subnet."
     if f"{prefix}conv2.weight" in state:
-        subnet, hidden = "residual", int(state[f"{prefix}conv2.weight"].shape[0])
+        subnet, hidden = "residual", _size(state, f"{prefix}conv2.weight", 0)
     elif f"{prefix}net.0.weight" in state:
-        subnet, hidden = "simple", int(state[f"{prefix}net.0.weight"].shape[0])
+        subnet, hidden = "simple", _size(state, f"{prefix}net.0.weight", 0)
     else:
         raise CheckpointError(f"unknown coupling subnet: no {prefix}conv2.weight (residual) or net.0.weight (simple)")
-    proj = state.get("proj_heads.0.weight")
-    projection_dim = int(proj.shape[0]) if proj is not None else 0
-    seg = state.get(f"seg_heads.{scales - 1}.3.weight")
-    seg_classes = int(seg.shape[0]) if seg is not None else 0
+    projection_dim = _size(state, "proj_heads.0.weight", 0) if "proj_heads.0.weight" in state else 0
+    seg = f"seg_heads.{scales - 1}.3.weight"
+    seg_classes = _size(state, seg, 0) if seg in state else 0
 
     if base is None:
         encoder = _encoder_from_backbone(state, channels)
@@ -183,16 +192,16 @@ def _encoder_from_backbone(state: dict[str, Tensor], channels: list[int]) -> Enc
         )
     depth = _count(state, rf"^{re.escape(_BACKBONE)}blocks\.(\d+)\.")
     dim = channels[-1]
-    registers = state.get(f"{_BACKBONE}register_tokens")
-    count = 0 if registers is None else int(registers.shape[1])
+    registers = f"{_BACKBONE}register_tokens"
+    count = _size(state, registers, 1) if registers in state else 0
     matches = [name for name, spec in VIT_SPECS.items()
                if spec.embed_dim == dim and spec.depth == depth and spec.registers == count]
     if not matches:
         raise CheckpointError(f"no DINOv2 variant has {depth} blocks of width {dim}")
     options = {}
-    tokens = state.get(f"{_BACKBONE}reins.learnable_tokens_a")
-    if tokens is not None:
-        options["rein"] = {"weights": None, "token_length": int(tokens.shape[1]), "rank": int(tokens.shape[2])}
+    tokens = f"{_BACKBONE}reins.learnable_tokens_a"
+    if tokens in state:
+        options["rein"] = {"weights": None, "token_length": _size(state, tokens, 1), "rank": _size(state, tokens, 2)}
     # the authors' Rein DINOv2 returns the last block's patch tokens
     return EncoderConfig(name=matches[0], layers=[depth - 1], weights=None, input_size=DEFAULT_INPUT_SIZE,
                          options=options)
@@ -243,8 +252,8 @@ def map_head_keys(state: dict[str, Tensor], config: ModelConfig) -> tuple[dict[s
         normalizer = state.get(f"base_dists.{i}.log_normalizer")
         if normalizer is not None:
             c = state[base_mu].numel()
-            if not math.isclose(float(normalizer), -0.5 * c * math.log(2 * math.pi), rel_tol=1e-5):
-                raise CheckpointError(f"base_dists.{i}.log_normalizer {float(normalizer)} is not -C/2 log(2 pi)")
+            if normalizer.numel() != 1 or not math.isclose(float(normalizer), -0.5 * c * math.log(2 * math.pi), rel_tol=1e-5):
+                raise CheckpointError(f"base_dists.{i}.log_normalizer {normalizer.flatten()[:1].tolist()} is not -C/2 log(2 pi)")
             used.add(f"base_dists.{i}.log_normalizer")
         if config.projection_dim:
             for p in ("weight", "bias"):
@@ -278,15 +287,8 @@ def _load_encoder(net: FlowCLASNet, state: dict[str, Tensor], source: str) -> No
 
 def read_model_yaml(path: str | Path) -> ModelConfig:
     """A model config from a YAML file: a model mapping, or a whole recipe (its ``model:``)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+    data = read_config_file(path, "config")
+    if isinstance(data.get("model"), dict):
         data = data["model"]
     return ModelConfig.from_dict(with_head_defaults(data))
 
@@ -335,4 +337,8 @@ def import_checkpoint(checkpoint: str | Path, output: str | Path, config: ModelC
         for module in net.modules():  # a trained checkpoint: never re-initialise from data
             if hasattr(module, "initialized") and isinstance(module.initialized, Tensor):
                 module.initialized.fill_(True)
+    try:
+        check_values(net, path)
+    except BundleError as exc:
+        raise CheckpointError(str(exc)) from None
     return save_bundle(net.eval(), output)

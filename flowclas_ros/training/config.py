@@ -7,9 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from flowclas_ros.model.config import ConfigError, ModelConfig, apply_overrides, dataclass_from_dict, with_head_defaults
+from flowclas_ros.limits import TRAINING, out_of_range
+from flowclas_ros.model.config import (
+    ConfigError,
+    ModelConfig,
+    apply_overrides,
+    check_free_form,
+    dataclass_from_dict,
+    read_config_file,
+    with_head_defaults,
+)
 from flowclas_ros.training.objectives import ObjectiveConfig
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -81,17 +88,13 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        if problem := out_of_range(self, TRAINING):
+            raise ConfigError(problem)
+        check_free_form(self.data.options, "data.options")
         checks = [
-            (self.optim.steps >= 1, "optim.steps must be >= 1"),
-            (self.optim.batch_size >= 1, "optim.batch_size must be >= 1"),
-            (self.optim.lr > 0, "optim.lr must be > 0"),
-            (0 <= self.optim.warmup < 1, "optim.warmup is a fraction of steps in [0, 1)"),
             (self.optim.precision in ("auto", "fp32", "bf16", "fp16"), "optim.precision: auto, fp32, bf16 or fp16"),
-            (self.run.devices >= 1, "run.devices must be >= 1"),
             (self.optim.batch_size % self.run.devices == 0, "optim.batch_size (global) must divide by run.devices"),
-            (0 < self.run.calibrate_fpr < 1, "run.calibrate_fpr must be in (0, 1)"),
-            (0 <= self.data.val_fraction < 1, "data.val_fraction must be in [0, 1)"),
-            (self.objective.name == "ml" or self.data.outliers, f"objective {self.objective.name} needs data.outliers"),
+            (self.objective.name == "ml" or bool(self.data.outliers), f"objective {self.objective.name} needs data.outliers"),
             (not self.objective.use_seg or self.model.seg_classes > 0,
              "objective.use_seg needs model.seg_classes > 0 (the segmentation head's class count)"),
             (not self.objective.use_seg or bool(self.data.options.get("semantic")),
@@ -113,13 +116,10 @@ def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> Tra
         file = Path(path)
         if not file.is_file() and (RECIPES / f"{path}.yaml").is_file():
             file = RECIPES / f"{path}.yaml"
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except OSError as exc:
+        if not file.is_file():
             names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
-            raise ConfigError(f"cannot read recipe {path}: {exc.strerror} (built-in recipes: {names})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"cannot read recipe {path}: no such file or not a file (built-in recipes: {names})")
+        data = read_config_file(file, "recipe")
     data = apply_overrides(data, list(overrides))
     adopt_input_size(data)
     if isinstance(data.get("model"), dict):

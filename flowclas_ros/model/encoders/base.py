@@ -56,15 +56,20 @@ class Encoder(nn.Module):
 
 
 EncoderBuilder = Callable[[EncoderConfig], Encoder]
+EncoderCheck = Callable[[EncoderConfig], None]
 _REGISTRY: dict[str, EncoderBuilder] = {}
+_CHECKS: dict[str, EncoderCheck] = {}
 
 
-def register_encoder(*names: str) -> Callable[[EncoderBuilder], EncoderBuilder]:
-    """Decorator registering a builder ``fn(config) -> Encoder`` under one or more names."""
+def register_encoder(*names: str, check: EncoderCheck | None = None) -> Callable[[EncoderBuilder], EncoderBuilder]:
+    """Decorator registering a builder ``fn(config) -> Encoder`` under one or more names;
+    ``check(config)`` raises ValueError on layers or options the encoder does not take."""
 
     def wrap(fn: EncoderBuilder) -> EncoderBuilder:
         for name in names:
             _REGISTRY[name] = fn
+            if check is not None:
+                _CHECKS[name] = check
         return fn
 
     return wrap
@@ -75,15 +80,19 @@ def available_encoders() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_encoder(config: EncoderConfig) -> None:
+    """Raise ValueError unless ``config`` names a registered encoder with layers and options it takes
+    (cheap: nothing is built or read)."""
+    if config.name not in _REGISTRY:
+        raise ValueError(f"unknown encoder {config.name!r}; available: {', '.join(available_encoders())}")
+    if config.name in _CHECKS:
+        _CHECKS[config.name](config)
+
+
 def build_encoder(config: EncoderConfig) -> Encoder:
     """Build the encoder named in ``config``, load its weights and freeze it (eval mode)."""
-    try:
-        builder = _REGISTRY[config.name]
-    except KeyError:
-        raise ValueError(
-            f"unknown encoder {config.name!r}; available: {', '.join(available_encoders())}"
-        ) from None
-    encoder = builder(config)
+    check_encoder(config)
+    encoder = _REGISTRY[config.name](config)
     encoder.requires_grad_(False)
     return encoder.eval()
 

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowclas_ros.limits import REIN
 from flowclas_ros.model.encoders.base import (
     Encoder,
     EncoderConfig,
@@ -57,6 +58,7 @@ __all__ = [
     "ViTSpec",
     "backbone_state",
     "build_dinov2",
+    "check_dinov2",
     "load_backbone",
     "load_reins",
     "padded_size",
@@ -490,16 +492,36 @@ def _weights_path(weights: object, what: str) -> Path | None:
 def _rein_settings(options: dict) -> ReinSettings | None:
     unknown = set(options) - {"rein"}
     if unknown:
-        raise ValueError(f"unknown DINOv2 encoder options: {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown DINOv2 encoder options: {', '.join(sorted(map(str, unknown)))}")
     rein = options.get("rein")
     if rein is None:
         return None
+    if not isinstance(rein, dict):
+        raise ValueError(f"options['rein'] must be a mapping of Rein settings, got {type(rein).__name__}")
     if "weights" not in rein:
         raise ValueError("options['rein'] needs a 'weights' entry (a path, or None for random adapters)")
     try:
-        return ReinSettings(**rein)
+        settings = ReinSettings(**rein)
     except TypeError as err:
         raise ValueError(f"bad options['rein']: {err}") from None
+    if settings.weights is not None and not isinstance(settings.weights, str):
+        raise ValueError(f"options['rein'].weights must be a path or null, got {settings.weights!r}")
+    if not isinstance(settings.zero_mlp_delta_f, bool):
+        raise ValueError(f"options['rein'].zero_mlp_delta_f must be true or false, got {settings.zero_mlp_delta_f!r}")
+    for key, bound in REIN.items():
+        value = getattr(settings, key)
+        if not isinstance(value, int) or not bound.contains(value):
+            raise ValueError(f"options['rein'].{key} must be an integer in {bound}, got {value!r}")
+    return settings
+
+
+def check_dinov2(config: EncoderConfig) -> None:
+    """Raise ValueError on layers that are not block indices or options other than valid Rein settings."""
+    spec = VIT_SPECS[config.name]
+    layers = list(config.layers)
+    if not layers or any(not 0 <= i < spec.depth for i in layers):
+        raise ValueError(f"{config.name} layers must be block indices in [0, {spec.depth}), got {layers}")
+    _rein_settings(config.options)
 
 
 def padded_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -507,7 +529,7 @@ def padded_size(size: tuple[int, int]) -> tuple[int, int]:
     return (math.ceil(size[0] / PATCH_SIZE) * PATCH_SIZE, math.ceil(size[1] / PATCH_SIZE) * PATCH_SIZE)
 
 
-@register_encoder(*VIT_SPECS)
+@register_encoder(*VIT_SPECS, check=check_dinov2)
 def build_dinov2(config: EncoderConfig) -> DINOv2Encoder:
     """Build a DINOv2 encoder for ``config`` and load its (and its Rein adapters') weights.
 
@@ -517,11 +539,8 @@ def build_dinov2(config: EncoderConfig) -> DINOv2Encoder:
     ``config.weights`` (a Rein/mmseg checkpoint holding backbone and adapters).
     """
     spec = VIT_SPECS[config.name]
-    layers = list(config.layers)
-    if not layers or any(not 0 <= i < spec.depth for i in layers):
-        raise ValueError(f"{config.name} layers must be block indices in [0, {spec.depth}), got {layers}")
     rein = _rein_settings(config.options)
-    encoder = DINOv2Encoder(spec, layers, padded_size(config.input_size), rein)
+    encoder = DINOv2Encoder(spec, list(config.layers), padded_size(config.input_size), rein)
 
     cache: dict[Path, dict[str, Tensor]] = {}
 

@@ -153,8 +153,7 @@ class EfficientNetLite0Encoder(Encoder):
 
     def __init__(self, layers: list[int], weights: str | None) -> None:
         super().__init__()
-        if not layers or any(not 0 <= i < len(BLOCK_SPECS) for i in layers):
-            raise ValueError(f"efficientnet_lite0 layers must be block indices 0..15, got {layers}")
+        _check_layers(layers)
         self.layers = sorted(set(layers))
         self.trunk = EfficientNetLite0(num_blocks=max(self.layers) + 1, head=False)
         if weights is not None:
@@ -181,7 +180,19 @@ class EfficientNetLite0Encoder(Encoder):
         return out
 
 
-@register_encoder("efficientnet_lite0")
+def _check_layers(layers: list[int]) -> None:
+    if not layers or any(not 0 <= i < len(BLOCK_SPECS) for i in layers):
+        raise ValueError(f"efficientnet_lite0 layers must be block indices 0..{len(BLOCK_SPECS) - 1}, got {layers}")
+
+
+def check_efficientnet_lite0(config: EncoderConfig) -> None:
+    """Raise ValueError on layers that are not block indices, or on any option (it takes none)."""
+    if config.options:
+        raise ValueError(f"efficientnet_lite0 takes no encoder options, got {', '.join(map(str, config.options))}")
+    _check_layers(list(config.layers))
+
+
+@register_encoder("efficientnet_lite0", check=check_efficientnet_lite0)
 def build_efficientnet_lite0(config: EncoderConfig) -> Encoder:
     """Builder for the registry; ``config.weights`` is ``"package"``, a path or None."""
     return EfficientNetLite0Encoder(list(config.layers), config.weights)
