@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 from flowclas_ros import __version__
-from flowclas_ros.errors import FlowclasError, UserError
+from flowclas_ros.errors import UserError
 from flowclas_ros.files import atomic_write, sha256
 from flowclas_ros.model.config import ConfigError, ModelConfig
 from flowclas_ros.model.encoders import WeightsError
@@ -37,7 +37,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 
 
-class BundleError(FlowclasError):
+class BundleError(UserError):
     """A bundle is missing, corrupt, of another format version, or inconsistent."""
 
 

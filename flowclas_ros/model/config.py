@@ -148,8 +148,8 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """Build from a dict, rejecting unknown keys and values of the wrong type."""
+    def from_dict(cls, data: Any) -> "ModelConfig":
+        """Build from a dict, rejecting anything else, unknown keys and values of the wrong type."""
         return dataclass_from_dict(cls, data, "")
 
 
@@ -165,7 +165,7 @@ def dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(str(k) for k in data if k not in names)
     if unknown:
-        raise ConfigError(f"unknown key(s) in {name}: {_short(', '.join(unknown))}")
+        raise ConfigError(f"unknown key(s) in {name}: {_clip(', '.join(unknown))}")
     kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -207,7 +207,10 @@ def _float(value: Any, where: str) -> float:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    return _clip(repr(value))
+
+
+def _clip(text: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from flowclas_ros.errors import FlowclasError
+from flowclas_ros.errors import UserError
 from flowclas_ros.files import sha256
 from flowclas_ros.model.bundle import BundleError, check_values, save_bundle
 from flowclas_ros.model.config import FlowConfig, ModelConfig, read_config_file, with_head_defaults
@@ -75,7 +75,7 @@ _RESIDUAL = {
 _SIMPLE = {"net.0": "conv1", "net.2": "conv2"}
 
 
-class CheckpointError(FlowclasError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read safely or does not look like the authors' FlowCLAS."""
 
 

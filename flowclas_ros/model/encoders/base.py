@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from flowclas_ros.errors import FlowclasError
+from flowclas_ros.errors import UserError
 
 
-class WeightsError(FlowclasError):
+class WeightsError(UserError):
     """A pretrained weights file is missing, unreadable or does not fit the encoder."""
 
 
