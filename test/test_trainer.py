@@ -166,4 +166,4 @@ def test_train_command_with_flags_writes_preview_and_bundle(tmp_path, capsys):
     net = load_bundle(tmp_path / "run" / "model")
     assert net.config.head == "fastflow" and net.config.flow.subnet == "simple"
     assert main(argv + ["--set", "optim.lr=-1"]) == 1
-    assert "optim.lr must be > 0" in capsys.readouterr().err
+    assert "optim.lr must be in (0, 1]" in capsys.readouterr().err
