@@ -6,22 +6,36 @@ import argparse
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
+
+from flowclas_ros import limits
+from flowclas_ros.limits import Range
+from flowclas_ros.runtime.threads import MAX_THREADS
 
 T = TypeVar("T")
 
 
-def threads_value(text: str) -> int:
-    """``--threads`` values: an integer in 0..256, 0 meaning one per usable CPU."""
-    from flowclas_ros.runtime.threads import MAX_THREADS
+def number_type(kind: type[int] | type[float], bound: Range) -> Callable[[str], Any]:
+    """An argparse ``type``: the flag's text as a ``kind`` number inside ``bound``, else a usage error."""
 
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be an integer in 0..{MAX_THREADS}, got {text!r}")
-    return value
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not bound.contains(value):
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"must be {what} in {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+threads_value = number_type(int, Range(0, MAX_THREADS))  # --threads: 0 means one per usable CPU
+FRACTION = number_type(float, limits.FRACTION)  # --threshold
+BINS = number_type(int, limits.TRAINING["run.bins"])  # --bins of the binned metrics
+COUNT = number_type(int, Range(0, 10**9))  # a number of pixels, images or overlays; 0 allowed
+POSITIVE_COUNT = number_type(int, Range(1, 10**9))  # --max-frames, --max-images
 
 
 def device_value(text: str) -> str:

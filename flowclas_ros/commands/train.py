@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flowclas_ros.commands.common import add_threads_argument, device_value
+from flowclas_ros.commands.common import add_threads_argument, device_value, number_type
+from flowclas_ros.limits import Range
 
 # Everyday flags and the config keys they set.
 FLAGS = {
@@ -40,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_value, help="cpu or cuda (default: cuda when available)")
     add_threads_argument(p)
     p.add_argument("--restart", action="store_true", help="start over: remove the checkpoints and logs of the run in --output")
-    p.add_argument("--preview", type=int, default=8, metavar="N",
+    p.add_argument("--preview", type=number_type(int, Range(0, 64)), default=8, metavar="N",
                    help="save N pasted training samples to RUN/pasting_preview.png first (0: off)")
 
 
