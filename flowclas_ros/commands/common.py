@@ -33,9 +33,6 @@ def number_type(kind: type[int] | type[float], bound: Range) -> Callable[[str], 
 
 threads_value = number_type(int, Range(0, MAX_THREADS))  # --threads: 0 means one per usable CPU
 FRACTION = number_type(float, limits.FRACTION)  # --threshold
-BINS = number_type(int, limits.TRAINING["run.bins"])  # --bins of the binned metrics
-COUNT = number_type(int, Range(0, 10**9))  # a number of pixels, images or overlays; 0 allowed
-POSITIVE_COUNT = number_type(int, Range(1, 10**9))  # --max-frames, --max-images
 
 
 def device_value(text: str) -> str:

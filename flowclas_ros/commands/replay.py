@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from flowclas_ros.commands.common import BINS, FRACTION, POSITIVE_COUNT, add_inference_arguments, options
+from flowclas_ros.commands.common import add_inference_arguments, options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,15 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt-topic", default=None, help="ground-truth mask topic in the bag (mono8 labels)")
     parser.add_argument("--gt-folder", default=None, help="folder of ground-truth PNGs: <stamp ns>.png or <index:06d>.png")
     parser.add_argument("--storage", default="mcap", choices=sorted(STORAGES), help="output bag storage")
-    parser.add_argument("--threshold", type=FRACTION, default=None, help="mask threshold in [0, 1] (default: the bundle's)")
+    parser.add_argument("--threshold", type=float, default=None, help="mask threshold in [0, 1] (default: the bundle's)")
     parser.add_argument("--min-area", type=int, default=0, help="smallest hazard region in pixels")
     parser.add_argument(
         "--smoothing", default="none", choices=CHOICES, help="score smoothing"
     )
     parser.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True, help="write anomaly_overlay")
     parser.add_argument("--realtime", action="store_true", help="drop frames as the live node would at the bag's rate")
-    parser.add_argument("--max-frames", type=POSITIVE_COUNT, default=None, help="stop after this many image frames")
-    parser.add_argument("--bins", type=BINS, default=2000, help="score bins of the streaming metrics")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many image frames")
+    parser.add_argument("--bins", type=int, default=2000, help="score bins of the streaming metrics")
     parser.add_argument("--components", action="store_true", help="also compute component metrics (SMIYC anomaly track)")
 
 

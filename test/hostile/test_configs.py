@@ -421,21 +421,13 @@ def test_device_and_threads_refused(flowclas, bundle, flags):
     expect_refused(detect(flowclas, *flags), flags[0], code=2)
 
 
-REPLAY = ("replay", "--model", "bundle", "--bag", "bag", "--image-topic", "/camera", "--output", "out")
-EVAL = ("eval", "--model", "bundle", "--dataset", "folder", "--root", "data", "--output", "out")
 NUMBERS = {
     "detect-threshold-2": (("detect", "--model", "bundle", "--input", "frame.png", "--output", "out",
                             "--threshold", "2"), "--threshold"),
     "detect-threshold-nan": (("detect", "--model", "bundle", "--input", "frame.png", "--output", "out",
                               "--threshold", "nan"), "--threshold"),
-    "replay-threshold-negative": ((*REPLAY, "--threshold", "-0.5"), "--threshold"),
-    "replay-bins-0": ((*REPLAY, "--bins", "0"), "--bins"),
-    "replay-bins-huge": ((*REPLAY, "--bins", "10000000000"), "--bins"),
-    "replay-max-frames-0": ((*REPLAY, "--max-frames", "0"), "--max-frames"),
-    "eval-bins-1": ((*EVAL, "--bins", "1"), "--bins"),
-    "eval-max-images-negative": ((*EVAL, "--max-images", "-3"), "--max-images"),
-    "eval-overlays-word": ((*EVAL, "--num-overlays", "some"), "--num-overlays"),
-    "eval-exact-pixels-negative": ((*EVAL, "--exact-max-pixels", "-1"), "--exact-max-pixels"),
+    "detect-threshold-word": (("detect", "--model", "bundle", "--input", "frame.png", "--output", "out",
+                               "--threshold", "high"), "--threshold"),
     "train-preview-huge": (("train", "--config", "synthetic", "--output", "out", "--preview", "100000"), "--preview"),
 }
 
