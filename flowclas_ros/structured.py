@@ -67,7 +67,7 @@ def load_yaml(text: str, what: str) -> Any:
             return None
         _check_yaml_tree(node, what)
         return loader.construct_document(node)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, OverflowError) as exc:  # ValueError: a 5000-digit int, month 13
         raise UserError(f"{what}: not valid YAML: {_first_line(exc)}") from None
     except RecursionError:
         raise UserError(f"{what}: nested too deeply") from None

@@ -174,8 +174,9 @@ def dataclass_from_dict(cls: type, data: Any, where: str) -> Any:
 
 
 def check_free_form(value: dict, where: str) -> None:
-    """Raise ConfigError unless the free-form mapping ``value`` holds at most
-    ``limits.MAX_FREE_FORM_VALUES`` values, nested ones (and repeats of a YAML alias) counted."""
+    """Raise ConfigError unless the free-form mapping ``value`` holds plain JSON values (names as
+    keys, finite numbers) and at most ``limits.MAX_FREE_FORM_VALUES`` of them, nested ones (and
+    repeats of a YAML alias) counted."""
     stack: list[Any] = [value]
     count = 0
     while stack:
@@ -184,9 +185,15 @@ def check_free_form(value: dict, where: str) -> None:
         if count > limits.MAX_FREE_FORM_VALUES:
             raise ConfigError(f"{where} holds more than {limits.MAX_FREE_FORM_VALUES} values")
         if isinstance(item, dict):
+            if not all(isinstance(k, str) for k in item):
+                raise ConfigError(f"{where}: keys must be names, got {_short(next(k for k in item if not isinstance(k, str)))}")
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{where}: holds the non-finite number {item}")
+        elif item is not None and not isinstance(item, (str, int, float)):
+            raise ConfigError(f"{where}: holds {type(item).__name__} {_short(item)}; only names, numbers, lists and mappings")
 
 
 def _float(value: Any, where: str) -> float:
@@ -241,7 +248,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         items = [_coerce(args[0], v, where) for v in value] if args else list(value)
         return tuple(items) if origin is tuple else items
     if origin is dict or hint is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of names to values, got {_short(value)}")
         return value
     if hint is float:

@@ -25,7 +25,15 @@ from flowclas_ros.files import sha256
 from flowclas_ros.model import FlowCLASNet, save_bundle
 from flowclas_ros.model.bundle import CONFIG_FILE, WEIGHTS_FILE, load_bundle
 
-from .conftest import expect_refused
+from .conftest import Outcome
+from .conftest import expect_refused as _expect_refused
+
+
+def expect_refused(outcome: Outcome, *needles: str, code: int = 1) -> None:
+    """The harness's check, and no other line on stderr (a message never runs over lines)."""
+    _expect_refused(outcome, *needles, code=code)
+    if code == 1:
+        assert len(outcome.stderr.strip().splitlines()) == 1, outcome.stderr
 
 
 def laughs(levels: int, indent: str = "  ", width: int = 10) -> str:
@@ -68,7 +76,16 @@ SET_CASES = {
     "mean-wrong-length": ("mean=[0.5, 0.5]", "mean: expected a list of 3"),
     "model-not-mapping": ("flow=3", "flow must be a mapping"),
     "free-form-not-mapping": ("training=[1, 2]", "training: expected a mapping"),
-    "free-form-int-keys": ("metrics={1: 2}", "metrics: expected a mapping"),
+    "free-form-int-keys": ("metrics={1: 2}", "metrics: keys must be names"),
+    "free-form-nested-date-key": ("training={a: {2001-12-14: 1}}", "training: keys must be names"),
+    "free-form-date": ("training={when: 2001-12-14}", "training: holds date"),
+    "free-form-set": ("training=!!set {a, b}", "training: expected a mapping"),
+    "free-form-nested-set": ("metrics={a: !!set {b}}", "metrics: holds set"),
+    "free-form-bytes": ("training={a: !!binary aGVsbG8=}", "training: holds bytes"),
+    "free-form-nan": ("metrics={auroc: .nan}", "metrics: holds the non-finite"),
+    "int-5000-digits": ("flow.steps=" + "9" * 5000, "not valid yaml"),
+    "bad-timestamp": ("training={when: !!timestamp 2020-13-45}", "not valid yaml"),
+    "bad-float-tag": ("flow.clamp=!!float x", "not valid yaml"),
     "head-a-list": ("head=[flowclas]", "unknown head"),
 }
 
@@ -342,6 +359,8 @@ RAW_META = {
     "not-json": b"{format: flowclas",
     "not-utf8": b'{"format": "\xff"}',
     "nan-literal": b"NaN",
+    "int-5000-digits": b'{"format": "flowclas-bundle", "format_version": ' + b"9" * 5000 + b"}",
+    "huge-claimed-length": b'{"format": "flowclas-bundle", "x": "' + b"a" * (17 * 2**20) + b'"}',
 }
 
 
@@ -394,6 +413,27 @@ def test_pickled_weights_are_never_unpickled(flowclas, bundle, tmp_path):
     edit_meta(bundle, lambda m: m.update(weights_sha256=sha256(bundle / WEIGHTS_FILE)))
     expect_refused(detect(flowclas), "cannot read")
     assert not marker.exists()
+
+
+def test_encoder_weights_named_by_a_bundle_are_never_unpickled(flowclas, tmp_path):
+    torch.manual_seed(0)
+    config = small_config()
+    config.encoder.weights = "package"
+    save_bundle(randomize_head(FlowCLASNet(config)).eval(), tmp_path / "bundle")  # the head only
+    Image.fromarray(np.full((48, 64, 3), 120, np.uint8)).save(tmp_path / "frame.png")
+    (tmp_path / "evil.pth").write_bytes(_evil_pickle(tmp_path / "marker"))
+    edit_meta(tmp_path / "bundle", _set_model("encoder.weights", str(tmp_path / "evil.pth")))
+    out = detect(flowclas)
+    expect_refused(out, "weights-only torch file")
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "marker").exists()
+
+
+def test_safetensors_header_bomb_refused(flowclas, bundle):
+    header = json.dumps({"x": {"dtype": "F32", "shape": [2**40], "data_offsets": [0, 2**42]}}).encode()
+    (bundle / WEIGHTS_FILE).write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 16)
+    edit_meta(bundle, lambda m: m.update(weights_sha256=sha256(bundle / WEIGHTS_FILE)))
+    expect_refused(detect(flowclas), "cannot read")
 
 
 def test_non_finite_refused_through_the_python_api(bundle):

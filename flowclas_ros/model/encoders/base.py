@@ -136,10 +136,11 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
         else:
             state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # unreadable, corrupt, or pickles non-tensor objects
+        first = (str(err).strip().splitlines() or [""])[0][:200]
         raise WeightsError(
             f"cannot read weights {file} as safetensors or a weights-only torch file "
-            f"(for mmengine checkpoints save the 'state_dict' entry alone): {err}"
-        ) from err
+            f"(for mmengine checkpoints save the 'state_dict' entry alone): {type(err).__name__}: {first}"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # type: ignore[assignment]
     if not isinstance(state, dict):
