@@ -342,6 +342,12 @@ META_CASES = {
     "rein-not-mapping": (_set_model("encoder.options", {"rein": 3}), "takes no encoder options"),
     "threshold-nan-string": (_set_model("threshold", "NaN"), "threshold: expected a finite number"),
     "std-zero": (_set_model("std", [0.0, 0.5, 0.5]), "std values"),
+    "mean-nan": (_set_model("mean", [float("nan"), 0.5, 0.5]), "mean: expected a finite number"),
+    "std-infinity": (_set_model("std", [0.5, float("inf"), 0.5]), "std: expected a finite number"),
+    "threshold-infinity": (_set_model("threshold", float("-inf")), "threshold: expected a finite number"),
+    "clamp-1e999": (_set_model("flow.clamp", 1e308 * 10), "flow.clamp: expected a finite number"),
+    "seed-huge": (_set_model("flow.seed", 2**80), "flow.seed must be in"),
+    "encoder-unknown": (_set_model("encoder.name", "resnet_from_the_internet"), "unknown encoder"),
     "training-not-mapping": (_set_model("training", [1]), "training: expected a mapping"),
 }
 
