@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from flowclas_ros import limits
 from flowclas_ros.limits import Range
 from flowclas_ros.runtime.threads import MAX_THREADS
 
@@ -32,7 +31,6 @@ def number_type(kind: type[int] | type[float], bound: Range) -> Callable[[str], 
 
 
 threads_value = number_type(int, Range(0, MAX_THREADS))  # --threads: 0 means one per usable CPU
-FRACTION = number_type(float, limits.FRACTION)  # --threshold
 
 
 def device_value(text: str) -> str:

@@ -467,14 +467,12 @@ def test_device_and_threads_refused(flowclas, bundle, flags):
     expect_refused(detect(flowclas, *flags), flags[0], code=2)
 
 
+TRAIN = ("train", "--config", "synthetic", "--output", "out")
 NUMBERS = {
-    "detect-threshold-2": (("detect", "--model", "bundle", "--input", "frame.png", "--output", "out",
-                            "--threshold", "2"), "--threshold"),
-    "detect-threshold-nan": (("detect", "--model", "bundle", "--input", "frame.png", "--output", "out",
-                              "--threshold", "nan"), "--threshold"),
-    "detect-threshold-word": (("detect", "--model", "bundle", "--input", "frame.png", "--output", "out",
-                               "--threshold", "high"), "--threshold"),
-    "train-preview-huge": (("train", "--config", "synthetic", "--output", "out", "--preview", "100000"), "--preview"),
+    "train-preview-huge": ((*TRAIN, "--preview", "100000"), "--preview"),
+    "train-preview-negative": ((*TRAIN, "--preview", "-1"), "--preview"),
+    "train-preview-word": ((*TRAIN, "--preview", "some"), "--preview"),
+    "train-steps-word": ((*TRAIN, "--steps", "ten"), "--steps"),
 }
 
 
@@ -486,7 +484,7 @@ def test_numeric_flag_refused(flowclas, bundle, argv, flag):
 
 
 OTHER_COMMANDS = {
-    "train": ("train", "--config", "synthetic", "--output", "out"),
+    "train": TRAIN,
     "export": ("export", "--model", "bundle", "--format", "onnx"),
     "bench": ("bench", "--model", "bundle"),
 }
