@@ -80,13 +80,16 @@ def options(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
     return cls(**{**values, **extra})
 
 
-def output_folder(path: Path, flag: str = "--output") -> Path:
+def output_folder(path: Path, flag: str = "--output", *, empty: bool = False) -> Path:
     """``path`` created as a folder (with its parents) and checked writable; UserError naming
-    ``flag`` when it is a file, lies under a file or cannot be created or written."""
+    ``flag`` when it is a file, lies under a file or cannot be created or written, or (``empty``:
+    for a command that writes a whole bundle) already holds anything, which is never overwritten."""
     from flowclas_ros.errors import UserError
 
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder: name a folder")
+    if empty and path.is_dir() and any(path.iterdir()):
+        raise UserError(f"{flag} {path} is not empty; name a new folder (nothing in it is overwritten)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -570,7 +570,7 @@ def test_checkpoint_refused(flowclas, tmp_path, write, needle):
     out = flowclas("import-checkpoint", "--checkpoint", "ckpt.pt", "--output", "b", outputs=["b"])
     expect_refused(out, needle)
     assert not (tmp_path / "marker").exists()
-    assert not (tmp_path / "b").exists()
+    assert not (tmp_path / "b" / CONFIG_FILE).exists()
 
 
 def test_safetensors_checkpoint_garbage_refused(flowclas, tmp_path):
@@ -640,7 +640,26 @@ def test_head_checkpoint_refused(flowclas, tmp_path, make, needle):
     out = flowclas("import-checkpoint", "--checkpoint", "ckpt.pt", "--output", "b", "--config", "model.yaml",
                    outputs=["b"])
     expect_refused(out, needle)
-    assert not (tmp_path / "b").exists()
+    assert not (tmp_path / "b" / CONFIG_FILE).exists()
+
+
+def _user_folder(tmp_path: Path, kind: str) -> None:
+    if kind == "a-file":
+        (tmp_path / "b").write_text("the user's notes")
+    else:
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / ("config.json" if kind == "a-bundle" else "notes.txt")).write_text("the user's")
+
+
+@pytest.mark.parametrize("kind", ["a-file", "a-bundle", "a-folder-with-notes"])
+@pytest.mark.parametrize("command", ["init", "import-checkpoint"])
+def test_output_that_holds_something_is_never_overwritten(flowclas, tmp_path, kind, command):
+    _user_folder(tmp_path, kind)
+    torch.save(_heads(), tmp_path / "ckpt.pt")
+    (tmp_path / "model.yaml").write_text(EFFICIENTNET_YAML)
+    argv = (["init", "--config", "model.yaml"] if command == "init"
+            else ["import-checkpoint", "--checkpoint", "ckpt.pt", "--config", "model.yaml"])
+    expect_refused(flowclas(*argv, "--output", "b"), "--output b")  # nothing may change at all
 
 
 IMPORT_CONFIGS = {
