@@ -195,6 +195,23 @@ def test_encoder_option_refused(flowclas, override, needle):
     expect_refused(flowclas("init", "--output", "b", *argv, outputs=["b"]), needle)
 
 
+def test_every_bound_names_a_setting():
+    """A misspelt key in flowclas_ros.limits would check nothing: each must name a real setting."""
+    from flowclas_ros import limits
+    from flowclas_ros.model.config import CflowOptions
+    from flowclas_ros.training.config import TrainConfig
+    from flowclas_ros.training.objectives import ObjectiveConfig
+
+    model = small_config(head="cflow", cflow=CflowOptions(), threshold_fpr=0.05)
+    recipe = TrainConfig(objective=ObjectiveConfig(name="ml"))
+    for root, bounds in ((model, limits.MODEL), (recipe, limits.TRAINING)):
+        for key, bound in bounds.items():
+            value = root
+            for part in key.split("."):
+                value = getattr(value, part)
+            assert value is None or bound.contains(value), key
+
+
 def test_bounds_hold_for_the_python_api():
     with pytest.raises(UserError, match="flow.steps must be in"):
         small_config(flow=small_config().flow.__class__(steps=10**9))
