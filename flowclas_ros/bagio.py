@@ -35,6 +35,7 @@ from typing import Any
 from rosbags.interfaces import (
     Connection,
     MessageDefinitionFormat,
+    Nodetype,
     Qos,
     QosDurability,
     QosHistory,
@@ -319,8 +320,26 @@ def _bag_typestore(connections: list[Connection]) -> tuple[Typestore, dict[str, 
     for name, why in problems.items():
         log.debug("%s: %s", name, why)
     ours = typestore()
-    store.register({k: v for k, v in ours.fielddefs.items() if k not in store.fielddefs})
+    undefined = {c.msgtype for c in connections if c.msgtype not in store.fielddefs and c.msgtype in ours.fielddefs}
+    store.register({k: ours.fielddefs[k] for k in _dependencies(ours, undefined) if k not in store.fielddefs})
     return store, problems
+
+
+def _dependencies(store: Typestore, names: Iterable[str]) -> set[str]:
+    """``names`` and every type their fields use, transitively."""
+    found: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        for _, (node, spec) in store.fielddefs[name][1]:
+            if node in (Nodetype.ARRAY, Nodetype.SEQUENCE):
+                node, spec = spec[0]
+            if node == Nodetype.NAME:
+                todo.append(spec)
+    return found
 
 
 class BagReader:
