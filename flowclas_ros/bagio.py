@@ -134,11 +134,11 @@ class BagWriter:
             topic, msgtype, typestore=self.store, offered_qos_profiles=[profile or qos()]
         )
 
-    def copy(self, connection: Connection, store: Typestore) -> Connection | None:
-        """The same topic as ``connection`` of an input bag (``store``: that bag's typestore),
-        with its stored definition when it has one (else the definition ``store`` holds) and QoS.
+    def copy(self, connection: Connection, source: BagReader) -> Connection | None:
+        """The same topic as ``connection`` of the input bag ``source``, with its stored
+        definition when it has one (else the one ``source``'s typestore holds) and QoS.
 
-        None when the type's definition is unknown (its raw messages cannot be described in
+        None when the type has no usable definition (its raw messages cannot be described in
         the new bag).
         """
         profiles = getattr(connection.ext, "offered_qos_profiles", [])
@@ -150,9 +150,9 @@ class BagWriter:
                 rihs01=connection.digest,
                 offered_qos_profiles=profiles,
             )
-        if connection.msgtype in store.fielddefs:
+        if connection.msgtype in source.typestore.fielddefs and connection.msgtype not in source.problems:
             return self._writer.add_connection(
-                connection.topic, connection.msgtype, typestore=store, offered_qos_profiles=profiles
+                connection.topic, connection.msgtype, typestore=source.typestore, offered_qos_profiles=profiles
             )
         return None
 
@@ -221,7 +221,7 @@ def _inflate_file(path: Path, folder: Path) -> Path:
                 if written > budget:
                     raise UserError(f"bag file {path} inflates to more than {budget} bytes; not a bag")
                 out.write(chunk)
-    except zstd.ZstdError as exc:
+    except (zstd.ZstdError, EOFError) as exc:
         raise UserError(f"bag file {path} does not decompress: {_one_line(exc)}") from None
     return target
 
@@ -311,7 +311,8 @@ def _bag_typestore(connections: list[Connection]) -> tuple[Typestore, dict[str, 
         try:
             types = _definition(connection, name)
             store.register({k: v for k, v in types.items() if k not in store.fielddefs})
-            matches = not connection.digest or store.hash_rihs01(name) == connection.digest
+            digest = store.hash_rihs01(name)  # also fails for undefined or recursive field types
+            matches = not connection.digest or digest == connection.digest
         except Exception as exc:  # rosbags' parsers and code generator raise many kinds on what they cannot read
             problems[name] = f"its definition in the bag cannot be used ({_one_line(exc, 120)})"
             continue

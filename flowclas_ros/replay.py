@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/flowclas"
 FRAME_TOPICS = ("anomaly_score", "anomaly_mask", "anomaly_overlay", "hazards")
 DIAGNOSTICS_PERIOD_NS = 10**9
+MAX_MASK_BYTES = 2**28  # a ground-truth PNG file (a label PNG of MAX_PIXELS is far smaller)
 
 
 @dataclass
@@ -141,10 +142,13 @@ class FolderTruth:
         """The mask for a frame by stamp, else by index; None when there is none. MessageError
         for a file that is not a single-channel PNG (decoded as a mask message would be, within
         the same pixel budget)."""
-        from flowclas_ros.runtime.codecs import decode_mask
+        from flowclas_ros.runtime.codecs import MessageError, decode_mask
 
         for path in (self.folder / f"{stamp_ns}.png", self.folder / f"{index:06d}.png"):
             if path.is_file():
+                if (size := path.stat().st_size) > MAX_MASK_BYTES:
+                    raise MessageError(f"{path.name} has {size} bytes, more than a mask PNG may ({MAX_MASK_BYTES})",
+                                       "size")
                 return decode_mask(SimpleNamespace(format="png", data=path.read_bytes()))
         return None
 
@@ -155,7 +159,7 @@ LABELS = np.array([Label.INLIER, Label.ANOMALY, Label.VOID], dtype=np.int64)
 def unusable_truth(score: np.ndarray, truth: np.ndarray) -> tuple[str, str] | None:
     """``(reason, detail)`` when a ground-truth mask cannot be scored against ``score``, else None."""
     if truth.shape != score.shape:
-        return "size", f"ground truth {truth.shape} differs from frame {score.shape}"
+        return "shape", f"ground truth {truth.shape} differs from frame {score.shape}"
     valid = np.isin(truth, LABELS)
     if not valid.all():
         values = sorted(int(v) for v in np.unique(truth[~valid])[:5])
@@ -218,7 +222,7 @@ class Replay:
                 copied = None  # outputs of an earlier replay: this replay writes its own
             elif key in by_topic:
                 copied = by_topic[key]
-            elif (copied := bag.copy(connection, reader.typestore)) is None:
+            elif (copied := bag.copy(connection, reader)) is None:
                 log.warning("%s (%s) has no type definition; not copied", connection.topic, connection.msgtype)
             self.copies[connection.id] = by_topic[key] = copied
         names = FRAME_TOPICS if args.overlay else tuple(t for t in FRAME_TOPICS if t != "anomaly_overlay")
@@ -478,7 +482,7 @@ def replay(args: ReplayOptions, progress: bool = True) -> ReplayResult:
     metrics_path = None
     if evaluation is not None:
         metrics_path = evaluation.write(out / "metrics.json", model=str(args.model), bag=str(bag_path),
-                                        frames_gt_size_mismatch=replayer.truth_skipped["size"],
+                                        frames_gt_size_mismatch=replayer.truth_skipped["shape"],
                                         frames_gt_bad_labels=replayer.truth_skipped["labels"])
     return ReplayResult(report, out / name, metrics_path)
 

@@ -314,13 +314,17 @@ def test_a_topic_with_connections_of_two_types_decodes_each_with_its_own(flowcla
     assert (report(tmp_path)["processed"], report(tmp_path)["rejected"]) == (3, 0)
 
 
-def test_code_in_a_definition_or_type_name_never_runs(flowclas, tmp_path):
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_hostile_definitions_on_other_topics_run_nothing_and_spoil_nothing(flowclas, tmp_path, storage):
     payload = "__import__('pathlib').Path('PWNED').touch()"
-    evil = [("/evil/name", f"evil/msg/X\n{payload}\n#", "int32 a\n", "RIHS01_1", [b"\0\1\0\0" + bytes(4)]),
-            ("/evil/constant", "evil/msg/Y", f'string C="{payload}"\nint32 a\n', None, [b"\0\1\0\0" + bytes(4)]),
-            ("/evil/field", "evil/msg/Z", f"int32 {payload}\n", "RIHS01_1", [b"\0\1\0\0" + bytes(4)]),
+    cdr = [b"\0\1\0\0" + bytes(8)]
+    evil = [("/evil/name", f"evil/msg/X\n{payload}\n#", "int32 a\n", "RIHS01_1", cdr),
+            ("/evil/constant", "evil/msg/Y", f'string C="{payload}"\nint32 a\n', None, cdr),
+            ("/evil/field", "evil/msg/Z", f"int32 {payload}\n", "RIHS01_1", cdr),
+            ("/evil/incomplete", "evil/msg/W", "evil/Missing m\nint32 x\n", "RIHS01_1", cdr),
+            ("/evil/recursive", "evil/msg/V", "evil/V[] children\n", "RIHS01_1", cdr),
             good_jpeg()]
-    outcome = replay(flowclas, write_bag(tmp_path / "in", evil), topic=TOPIC)
+    outcome = replay(flowclas, write_bag(tmp_path / "in", evil, storage=storage), topic=TOPIC)
     assert outcome.code == 0 and not outcome.errors, outcome.stderr
     assert report(tmp_path)["processed"] == 1 and not (tmp_path / "PWNED").exists()
 
@@ -371,7 +375,7 @@ GT_FILES = {
     "not-a-png": (b"GIF89a hostile", "decode"),
     "rgb-png": (png(np.zeros((H, W, 3), np.uint8)), "encoding"),
     "claims-8000x8000": (claimed_png(8000, 8000), "size"),
-    "other-size": (png(np.zeros((H + 1, W), np.uint8)), "size"),
+    "other-shape": (png(np.zeros((H + 1, W), np.uint8)), "shape"),
 }
 
 
@@ -498,3 +502,14 @@ def test_reader_refuses_what_it_cannot_read(tmp_path):
         assert info.value.reason == "type"
     assert bagio.normalize_type("sensor_msgs/Image") == bagio.IMAGE
     assert bagio.normalize_type("test_msgs/srv/BasicTypes_Event") == "test_msgs/srv/BasicTypes_Event"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_damaged_file_compressed_bag(flowclas, tmp_path, damage):
+    ours = bagio.typestore()
+    bag = write_bag(tmp_path / "in", [(TOPIC, bagio.IMAGE, None, None, [raw_frame(ours, 0)])],
+                    compression=CompressionMode.FILE)
+    (compressed,) = bag.glob("*.zstd")
+    data = compressed.read_bytes()
+    compressed.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x28\xb5\x2f\xfd" + bytes(64))
+    expect_refused(replay(flowclas, bag, topic=TOPIC), "does not decompress")
