@@ -12,8 +12,12 @@ whose metadata.yaml was lost, and the legacy type form ``sensor_msgs/Image`` (no
 Iron and every mcap file carry them), each connection's parsed on its own, so one that
 rosbags cannot parse (service events) spoils only its own messages; older sqlite3 bags that
 store none fall back to our typestore. Each message is decoded with its own connection's
-type. metadata.yaml is read with bounded nesting and alias expansion before rosbags sees it,
-storage is opened read-only, and nothing is ever written into the bag's folder.
+type. Each storage file is opened by rosbags on its own (read-only; its folder reader would
+match a file's connections to metadata.yaml's and, for real ``ros2 bag record`` bags whose
+QoS strings differ, find no messages): metadata.yaml, read with bounded nesting and alias
+expansion, only lists the files and says how they are compressed. zstd-compressed messages
+are inflated one by one, at most ``MAX_MESSAGE_BYTES`` each; per-file compressed bags into a
+temporary folder. Nothing is ever written into the bag's folder.
 
 rosbags writes rosbag2 metadata version 9 (``ros2 bag`` of Jazzy reads it; Humble's
 ``ros2 bag`` needs its backported metadata reader or an mcap file, which Foxglove and the
