@@ -41,7 +41,7 @@ setup(
         "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         "test": [
             "pytest>=7", "scikit-learn>=1.3", "opencv-python-headless>=4.8", "mcap-ros2-support>=0.5",
-            "ruff>=0.6", "mypy>=1.10",
+            "ruff>=0.6", "mypy>=1.10", "hypothesis>=6.100",
         ],
     },
     package_data={PACKAGE: ["data/demo_model/*", "training/recipes/*.yaml"]},

@@ -26,20 +26,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from flowclas_ros.errors import UserError
+from flowclas_ros.vocabulary import Label
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/flowclas"
 FRAME_TOPICS = ("anomaly_score", "anomaly_mask", "anomaly_overlay", "hazards")
 DIAGNOSTICS_PERIOD_NS = 10**9
+MAX_MASK_BYTES = 2**28  # a ground-truth PNG file (a label PNG of MAX_PIXELS is far smaller)
 
 
 @dataclass
@@ -64,9 +68,14 @@ class ReplayOptions:
     max_frames: int | None = None
     bins: int = 2000
     components: bool = False
+    max_input_pixels: int | None = None
 
     def check(self) -> None:
         """UserError for values no replay can use."""
+        from flowclas_ros.runtime.codecs import MAX_PIXELS
+
+        if self.max_input_pixels is not None and not 1 <= self.max_input_pixels <= MAX_PIXELS:
+            raise UserError(f"--max-input-pixels must be in 1..{MAX_PIXELS}, got {self.max_input_pixels}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise UserError(f"--threshold must be in [0, 1], got {self.threshold}")
         if self.max_frames is not None and self.max_frames < 1:
@@ -130,16 +139,32 @@ class FolderTruth:
             raise UserError(f"no .png masks in ground-truth folder {self.folder}")
 
     def get(self, stamp_ns: int, index: int) -> np.ndarray | None:
-        """The mask for a frame by stamp, else by index; None when there is none."""
-        from PIL import Image
+        """The mask for a frame by stamp, else by index; None when there is none. MessageError
+        for a file that is not a single-channel PNG (decoded as a mask message would be, within
+        the same pixel budget)."""
+        from flowclas_ros.runtime.codecs import MessageError, decode_mask
 
         for path in (self.folder / f"{stamp_ns}.png", self.folder / f"{index:06d}.png"):
             if path.is_file():
-                with Image.open(path) as img:
-                    if img.mode not in ("L", "P"):
-                        raise UserError(f"ground truth {path} is {img.mode}; expected an 8-bit label image")
-                    return np.asarray(img)
+                if (size := path.stat().st_size) > MAX_MASK_BYTES:
+                    raise MessageError(f"{path.name} has {size} bytes, more than a mask PNG may ({MAX_MASK_BYTES})",
+                                       "size")
+                return decode_mask(SimpleNamespace(format="png", data=path.read_bytes()))
         return None
+
+
+LABELS = np.array([Label.INLIER, Label.ANOMALY, Label.VOID], dtype=np.int64)
+
+
+def unusable_truth(score: np.ndarray, truth: np.ndarray) -> tuple[str, str] | None:
+    """``(reason, detail)`` when a ground-truth mask cannot be scored against ``score``, else None."""
+    if truth.shape != score.shape:
+        return "shape", f"ground truth {truth.shape} differs from frame {score.shape}"
+    valid = np.isin(truth, LABELS)
+    if not valid.all():
+        values = sorted(int(v) for v in np.unique(truth[~valid])[:5])
+        return "labels", f"labels must be 0 inlier, 1 anomaly or 255 void; found {values}"
+    return None
 
 
 class Evaluation:
@@ -151,16 +176,10 @@ class Evaluation:
         self.pixels = BinnedMetrics(bins=bins)
         self.components = ComponentMetrics("anomaly") if components else None
         self.threshold = threshold
-        self.num_images = self.mismatched = 0
+        self.num_images = 0
 
     def add(self, score: np.ndarray, truth: np.ndarray) -> None:
-        """Count one frame's pixels (frames whose truth has another size are skipped and counted)."""
-        if truth.shape != score.shape:
-            if not self.mismatched:
-                log.warning("ground truth %s differs from frame %s; such frames are not evaluated",
-                            truth.shape, score.shape)
-            self.mismatched += 1
-            return
+        """Count one frame's pixels (check the pair with :func:`unusable_truth` first)."""
         self.pixels.update(score, truth)
         if self.components is not None:
             self.components.update(score, truth, self.threshold)
@@ -177,14 +196,16 @@ class Evaluation:
         except ValueError as exc:
             log.warning("no metrics: %s", exc)
             return None
-        return write_metrics_json(
-            path, metrics, num_images=self.num_images, num_pixels=self.pixels.num_pixels,
-            frames_gt_size_mismatch=self.mismatched, **extra,
-        )
+        return write_metrics_json(path, metrics, num_images=self.num_images, num_pixels=self.pixels.num_pixels, **extra)
 
 
 class Replay:
-    """One pass over an open input bag into an open output bag."""
+    """One pass over an open input bag into an open output bag.
+
+    Every message on the image topic is a frame; one that cannot be used (not an image type,
+    malformed CDR, undecodable image) is rejected, counted by reason and warned about once per
+    reason, and the pass goes on. Ground truth that cannot be used is skipped the same way.
+    """
 
     def __init__(self, args: ReplayOptions, reader, bag, pipeline, factory, stats, evaluation, truth_folder) -> None:
         from flowclas_ros.bagio import LATCHED, qos
@@ -193,7 +214,6 @@ class Replay:
         self.stats = stats
         self.evaluation, self.truth_folder = evaluation, truth_folder
         self.matcher = StampMatcher()
-        self.image_type = next(c.msgtype for c in reader.connections if c.topic == args.image_topic)
         self.copies = {}  # input connection id -> output connection (None: not copied)
         by_topic = {}  # several input connections of one topic and type share one output
         for connection in reader.connections:
@@ -202,7 +222,7 @@ class Replay:
                 copied = None  # outputs of an earlier replay: this replay writes its own
             elif key in by_topic:
                 copied = by_topic[key]
-            elif (copied := bag.copy(connection)) is None:
+            elif (copied := bag.copy(connection, reader)) is None:
                 log.warning("%s (%s) has no type definition; not copied", connection.topic, connection.msgtype)
             self.copies[connection.id] = by_topic[key] = copied
         names = FRAME_TOPICS if args.overlay else tuple(t for t in FRAME_TOPICS if t != "anomaly_overlay")
@@ -217,58 +237,91 @@ class Replay:
         self.next_diagnostics = None
         self.last_ns = 0
         self.index = 0
-        self.bad_truths = 0
+        self.truth_skipped: Counter[str] = Counter()  # reason -> ground-truth masks not used
+        self.damaged: str | None = None  # why reading stopped early
         self.stage_seconds: Counter = Counter()  # pipeline stage -> total seconds
 
     def frames(self):
-        """Image frames ``(log ns, (index, raw))`` in log order; copies every message on the way
-        and feeds ground-truth masks to the matcher."""
-        from rosbags.highlevel import AnyReaderError
+        """Image frames ``(log ns, (index, connection, raw))`` in log order; copies every message
+        on the way and feeds ground-truth masks to the matcher. A bag whose storage fails part
+        way is replayed up to there (warned, and noted in the report)."""
+        from flowclas_ros.bagio import DamagedBagError
 
-        from flowclas_ros.bagio import stamp_to_ns
+        try:
+            for connection, timestamp, data in self.reader.messages():
+                self.last_ns = max(self.last_ns, timestamp)
+                if (copy := self.copies[connection.id]) is not None:
+                    self.bag.write_raw(copy, timestamp, data)
+                if connection.topic == self.args.image_topic:
+                    yield timestamp, (self.index, connection, data)
+                    self.index += 1
+                    if self.args.max_frames is not None and self.index >= self.args.max_frames:
+                        return
+                elif connection.topic == self.args.gt_topic and self.evaluation is not None:
+                    self._truth_message(connection, timestamp, data)
+        except DamagedBagError as exc:
+            self.damaged = str(exc)
+            log.warning("%s; the frames before it are replayed", exc)
+
+    def _truth_message(self, connection, timestamp: int, data: bytes) -> None:
+        from flowclas_ros.bagio import IMAGE_TYPES, stamp_to_ns
         from flowclas_ros.runtime.codecs import MessageError, decode_mask
 
-        for connection, timestamp, data in self.reader.messages():
-            self.last_ns = max(self.last_ns, timestamp)
-            if (copy := self.copies[connection.id]) is not None:
-                self.bag.write_raw(copy, timestamp, data)
-            if connection.topic == self.args.image_topic:
-                yield timestamp, (self.index, data)
-                self.index += 1
-                if self.args.max_frames is not None and self.index >= self.args.max_frames:
-                    return
-            elif connection.topic == self.args.gt_topic and self.evaluation is not None:
-                try:
-                    msg = self.reader.deserialize(data, connection.msgtype)
-                    pair = self.matcher.add_truth(stamp_to_ns(msg.header.stamp), decode_mask(msg))
-                except (AnyReaderError, MessageError, ValueError, AttributeError) as exc:
-                    self.bad_truths += 1
-                    if self.bad_truths == 1:
-                        log.warning("ground-truth message at %d skipped: %s", timestamp, exc)
-                    continue
-                if pair is not None:
-                    self.evaluation.add(*pair)
+        try:
+            if connection.msgtype not in IMAGE_TYPES:
+                raise MessageError(f"{connection.msgtype} is not an image type", "type")
+            msg = self.reader.deserialize(data, connection.msgtype)
+            truth = decode_mask(msg)
+        except MessageError as exc:
+            self._skip_truth(exc.reason, f"message at log time {timestamp}: {exc}")
+            return
+        try:
+            stamp = stamp_to_ns(msg.header.stamp)
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            self._skip_truth("header", f"message at log time {timestamp} has no usable header stamp")
+            return
+        if (pair := self.matcher.add_truth(stamp, truth)) is not None:
+            self._evaluate(*pair)
 
-    def process(self, item: tuple[int, bytes]):
+    def _skip_truth(self, reason: str, detail: str) -> None:
+        self.truth_skipped[reason] += 1
+        if self.truth_skipped[reason] == 1:
+            log.warning("ground truth skipped (%s): %s; later ones skipped for the same reason are only counted",
+                        reason, detail)
+
+    def _evaluate(self, score: np.ndarray, truth: np.ndarray) -> None:
+        if (why := unusable_truth(score, truth)) is not None:
+            self._skip_truth(*why)
+        else:
+            self.evaluation.add(score, truth)
+
+    def process(self, item: tuple[int, object, bytes]):
         """Run the pipeline on one raw image message: ``((index, msg, output | None), seconds)``."""
-        index, data = item
+        from flowclas_ros.bagio import IMAGE_TYPES
+        from flowclas_ros.runtime.codecs import MessageError
+
+        index, connection, data = item
         start = time.perf_counter()
         try:
-            msg = self.reader.deserialize(data, self.image_type)
-        except Exception as exc:  # rosbags raises several types for corrupt CDR; all mean "reject"
-            self._reject(index, f"undecodable message: {exc}")
+            if connection.msgtype not in IMAGE_TYPES:
+                raise MessageError(f"a {connection.msgtype} message on the image topic is not an image", "type")
+            msg = self.reader.deserialize(data, connection.msgtype)
+        except MessageError as exc:
+            self._reject(index, exc)
             return (index, None, None), time.perf_counter() - start
         output = self.pipeline.process(msg, overlay=self.args.overlay)
         seconds = time.perf_counter() - start
         return (index, msg, output), seconds
 
-    def _reject(self, index: int, reason: str) -> None:
-        if self.stats.reject("undecodable") == 1:
-            log.warning("frame %d rejected: %s", index, reason)
+    def _reject(self, index: int, exc) -> None:
+        if self.stats.reject(exc.reason) == 1:
+            log.warning("frame %d rejected (%s): %s; later ones rejected for the same reason are only counted",
+                        index, exc.reason, exc)
 
     def publish(self, index: int, msg, output, publish_ns: int) -> None:
         """Write one frame's outputs at ``publish_ns``, evaluate it, tick the diagnostics."""
         from flowclas_ros.bagio import stamp_to_ns
+        from flowclas_ros.runtime.codecs import MessageError
 
         for name, out_msg in output.messages.items():
             self.bag.write(self.outputs[name], publish_ns, out_msg)
@@ -281,12 +334,16 @@ class Replay:
             stamp = stamp_to_ns(msg.header.stamp)
             score = output.detection.score
             if self.truth_folder is not None:
-                truth = self.truth_folder.get(stamp, index)
+                try:
+                    truth = self.truth_folder.get(stamp, index)
+                except MessageError as exc:
+                    self._skip_truth(exc.reason, f"frame {index} in {self.truth_folder.folder}: {exc}")
+                    return
                 pair = None if truth is None else (score, truth)
             else:
                 pair = self.matcher.add_score(stamp, score)
             if pair is not None:
-                self.evaluation.add(*pair)
+                self._evaluate(*pair)
 
     def diagnostics_due(self, now_ns: int) -> None:
         """A DiagnosticArray every DIAGNOSTICS_PERIOD_NS of bag time."""
@@ -348,11 +405,31 @@ class Replay:
         self.publish(index, msg, output, publish_ns)
 
 
+def image_connections(reader, topic: str, flag: str) -> list:
+    """The connections of ``topic`` that carry Image or CompressedImage messages; UserError
+    (naming the bag's image topics) when there is none."""
+    from flowclas_ros.bagio import IMAGE_TYPES
+
+    on_topic = [c for c in reader.connections if c.topic == topic]
+    if images := [c for c in on_topic if c.msgtype in IMAGE_TYPES]:
+        return images
+    why = f"it has type {', '.join(sorted({c.msgtype for c in on_topic}))}" if on_topic else "it is not in the bag"
+    candidates = sorted({c.topic for c in reader.connections if c.msgtype in IMAGE_TYPES})
+    if candidates:
+        hint = f"image topics: {', '.join(candidates[:8])}" + (", ..." if len(candidates) > 8 else "")
+    else:
+        topics = sorted({c.topic for c in reader.connections})
+        hint = f"the bag has no image topic among its {len(topics)} topics"
+        hint += f" ({', '.join(topics[:5])}{', ...' if len(topics) > 5 else ''})" if topics else ""
+    raise UserError(f"{flag} {topic} is not an Image or CompressedImage topic of the bag ({why}); {hint}")
+
+
 def replay(args: ReplayOptions, progress: bool = True) -> ReplayResult:
     """Replay ``args.bag`` through the frame pipeline into ``args.output``."""
     from tqdm import tqdm
 
-    from flowclas_ros.bagio import COMPRESSED_IMAGE, IMAGE, BagWriter, open_bag, topic_types, typestore
+    from flowclas_ros.bagio import IMAGE_TYPES, BagWriter, open_bag, typestore
+    from flowclas_ros.files import atomic_write
     from flowclas_ros.runtime.detector import Detector
     from flowclas_ros.runtime.messages import rosbags_factory
     from flowclas_ros.runtime.pipeline import FramePipeline
@@ -363,14 +440,17 @@ def replay(args: ReplayOptions, progress: bool = True) -> ReplayResult:
     truth_folder = FolderTruth(args.gt_folder) if args.gt_folder else None
     bag_path = Path(args.bag)
     out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out} exists and is not a folder")
+    name = (bag_path.stem if bag_path.is_file() else bag_path.resolve().name) or "bag"
+    if (out / name).exists():
+        raise UserError(f"output bag {out / name} exists already; choose another output")
     with open_bag(bag_path) as reader:
-        types = topic_types(reader)
-        if types.get(args.image_topic) not in (IMAGE, COMPRESSED_IMAGE):
-            found = ", ".join(f"{t} ({m})" for t, m in sorted(types.items()))
-            raise UserError(f"--image-topic {args.image_topic} is not an Image or CompressedImage topic of the bag: {found}")
-        if args.gt_topic and types.get(args.gt_topic) not in (IMAGE, COMPRESSED_IMAGE):
-            raise UserError(f"--gt-topic {args.gt_topic} is not an Image or CompressedImage topic of the bag")
-        total = sum(c.msgcount for c in reader.connections if c.topic == args.image_topic)
+        total = sum(c.msgcount for c in image_connections(reader, args.image_topic, "--image-topic"))
+        if args.gt_topic:
+            image_connections(reader, args.gt_topic, "--gt-topic")
+        total += sum(c.msgcount for c in reader.connections
+                     if c.topic == args.image_topic and c.msgtype not in IMAGE_TYPES)
         if args.max_frames is not None:
             total = min(total, args.max_frames)
 
@@ -380,12 +460,12 @@ def replay(args: ReplayOptions, progress: bool = True) -> ReplayResult:
         factory = rosbags_factory(typestore())
         # every latency kept for exact percentiles: 8 bytes a frame
         stats = FrameStats(backend=args.backend, device=args.device, latency_samples=None)
+        # one warning per rejection reason (the counts go to replay.json)
         pipeline = FramePipeline(detector, factory, smoother=build_smoother(args.smoothing), min_area=args.min_area,
-                                 stats=stats)
+                                 stats=stats, max_input_pixels=args.max_input_pixels, log_interval=math.inf)
         evaluation = None
         if args.gt_topic or truth_folder:
             evaluation = Evaluation(args.bins, detector.threshold, args.components)
-        name = (bag_path.stem if bag_path.is_file() else bag_path.name) or "bag"
         started = time.perf_counter()
         with BagWriter(out / name, args.storage) as bag, tqdm(total=total, desc="replay", unit="frame",
                                                                 disable=not progress) as bar:
@@ -395,9 +475,15 @@ def replay(args: ReplayOptions, progress: bool = True) -> ReplayResult:
 
     report = _report(args, stats, seconds, out / name)
     report["stage_ms"] = {k: 1e3 * v / max(1, stats.processed) for k, v in replayer.stage_seconds.items()}
-    report["ground_truth_skipped"] = replayer.bad_truths
-    (out / "replay.json").write_text(json.dumps(report, indent=2) + "\n")
-    metrics_path = evaluation.write(out / "metrics.json", model=str(args.model), bag=str(bag_path)) if evaluation else None
+    report["ground_truth_skipped"] = sum(replayer.truth_skipped.values())
+    report["ground_truth_skipped_by_reason"] = dict(replayer.truth_skipped)
+    report["damaged"] = replayer.damaged
+    atomic_write(out / "replay.json", lambda path: path.write_text(json.dumps(report, indent=2) + "\n"))
+    metrics_path = None
+    if evaluation is not None:
+        metrics_path = evaluation.write(out / "metrics.json", model=str(args.model), bag=str(bag_path),
+                                        frames_gt_size_mismatch=replayer.truth_skipped["shape"],
+                                        frames_gt_bad_labels=replayer.truth_skipped["labels"])
     return ReplayResult(report, out / name, metrics_path)
 
 
@@ -413,6 +499,7 @@ def _report(args: ReplayOptions, stats, seconds: float, bag: Path) -> dict:
         "processed": stats.processed,
         "dropped": stats.dropped,
         "rejected": stats.rejected,
+        "rejected_by_reason": dict(stats.rejected_by_reason),
         "drop_rate": stats.dropped / stats.received if stats.received else 0.0,
         "latency_ms": stats.latency.percentiles_ms(),
         "latency_kind": "arrival to publish (simulated)" if args.realtime else "processing time per frame",

@@ -211,3 +211,53 @@ def test_max_pixels_checked_before_decoding_raw_and_compressed():
     with pytest.raises(MessageError) as info:
         decode_image(SimpleNamespace(format="png", data=b"garbage"))
     assert " at 0x" not in str(info.value)
+
+
+def raw_claim(height, width, encoding="mono8", **changes):
+    """An Image-like object claiming a size, with a few bytes of data."""
+    return SimpleNamespace(**{**dict(header=None, height=height, width=width, encoding=encoding, is_bigendian=0,
+                                     step=width, data=b"\0" * 10), **changes})
+
+
+@pytest.mark.parametrize("height, width, match", [(8192, 8192, "pixel budget"), (16384, 16384, "pixel budget"),
+                                                  (16385, 1, "outside"), (2**40, 2**40, "outside")])
+def test_raw_frames_beyond_the_pixel_budget_are_refused_before_decoding(height, width, match):
+    from flowclas_ros.runtime.codecs import MAX_PIXELS
+
+    assert 7680 * 4320 <= MAX_PIXELS < 8192 * 8192  # 8K UHD fits, 8192 x 8192 does not
+    for decode in (decode_image, decode_mask):
+        with pytest.raises(MessageError, match=match) as info:
+            decode(raw_claim(height, width))
+        assert info.value.reason == "size"
+    if match == "pixel budget":  # the caller's smaller budget is named first
+        with pytest.raises(MessageError, match="max_input_pixels 100"):
+            decode_image(raw_claim(height, width), max_pixels=100)
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(step="96"), "step must be an integer, got str"),
+    (dict(height=float("inf")), "height must be an integer, got float"),
+    (dict(height=23.0), "height must be an integer, got float"),
+    (dict(width=None), "width must be an integer, got NoneType"),
+    (dict(is_bigendian="yes", encoding="mono16", step=W * 2), "is_bigendian must be an integer"),
+], ids=["string-step", "inf-height", "float-height", "none-width", "string-bigendian"])
+def test_mistyped_fields_are_message_errors(changes, match):
+    msg = SimpleNamespace(**{**vars(image_msg(GREY, "mono8")), **changes})
+    with pytest.raises(MessageError, match=match) as info:
+        decode_image(msg)
+    assert info.value.reason == "field"
+
+
+@pytest.mark.parametrize("field", ["height", "width", "encoding", "step", "data", "is_bigendian"])
+def test_missing_fields_are_message_errors(field):
+    fields = vars(image_msg(widen(GREY), "mono16"))
+    del fields[field]
+    msg = SimpleNamespace(**fields)
+    if field == "encoding":  # without an encoding it reads as a CompressedImage without a format
+        msg.format = None
+    with pytest.raises(MessageError) as info:
+        decode_image(msg)
+    assert info.value.reason in ("field", "format")
+    compressed = SimpleNamespace(format="png")  # no data
+    with pytest.raises(MessageError, match="no 'data' field"):
+        decode_image(compressed)

@@ -338,3 +338,33 @@ def test_replay_of_an_mcap_file_written_by_another_tool(tmp_path, bundle):
     for name in OUTPUTS:
         assert [m.header.frame_id for _, m in topics[f"/flowclas/{name}"]] == ["left"] * 3
         assert [m.header.stamp.nanosec for _, m in topics[f"/flowclas/{name}"]] == [0, 1000, 2000]
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_replay_of_legacy_type_names(tmp_path, bundle, storage):
+    """Types named the legacy way (``sensor_msgs/Image``): with a stored definition (mcap, as the
+    amber recorder wrote) and without any (a Dashing-era sqlite3 file, read without metadata.yaml)."""
+    import sqlite3
+
+    store = get_typestore(bagio.TYPESTORE)
+    path = tmp_path / "legacy"
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        conn = writer.add_connection("/cam", "sensor_msgs/Image", msgdef=IMAGE_MSGDEF, rihs01=store.hash_rihs01(bagio.IMAGE))
+        for i, (rgb, _) in enumerate(make_frames(2)):
+            header = store.types["std_msgs/msg/Header"](stamp=bagio.ns_to_stamp(store, (i + 1) * 10**8), frame_id="cam")
+            msg = store.types[bagio.IMAGE](header, H, W, "rgb8", 0, W * 3, rgb.reshape(-1))
+            writer.write(conn, (i + 1) * 10**8, store.serialize_cdr(msg, bagio.IMAGE))
+    (storage_file,) = [p for p in path.iterdir() if p.suffix in bagio.STORAGE_SUFFIXES]
+    if storage == "sqlite3":  # no definitions, no type hashes, no metadata.yaml
+        with sqlite3.connect(storage_file) as db:
+            db.execute("DELETE FROM message_definitions")
+            db.execute("UPDATE topics SET type_description_hash = ''")
+        db.close()
+    with bagio.open_bag(storage_file) as reader:
+        assert bagio.topic_types(reader) == {"/cam": bagio.IMAGE}
+    out = tmp_path / "out"
+    assert replay_command.run(replay_args(model=bundle, bag=storage_file, image_topic="/cam", output=out)) == 0
+    assert json.loads((out / "replay.json").read_text())["processed"] == 2
+    topics = read_all(out / storage_file.stem)  # plain rosbags reads the copy: the type name is normalised
+    assert [m.encoding for _, m in topics["/cam"]] == ["rgb8", "rgb8"]

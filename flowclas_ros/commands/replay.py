@@ -10,6 +10,7 @@ from flowclas_ros.commands.common import add_inference_arguments, options
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's flags."""
     from flowclas_ros.bagio import STORAGES
+    from flowclas_ros.runtime.codecs import MAX_PIXELS
     from flowclas_ros.runtime.smoothing import CHOICES
 
     add_inference_arguments(parser)
@@ -29,17 +30,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many image frames")
     parser.add_argument("--bins", type=int, default=2000, help="score bins of the streaming metrics")
     parser.add_argument("--components", action="store_true", help="also compute component metrics (SMIYC anomaly track)")
+    parser.add_argument("--max-input-pixels", type=int, default=None,
+                        help=f"largest frame accepted, width x height, checked before decoding (default {MAX_PIXELS})")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Replay and report; exit 1 when no frame could be processed."""
+    """Replay and report; UserError (exit 1) when no frame could be processed."""
+    from flowclas_ros.errors import UserError
     from flowclas_ros.replay import ReplayOptions, replay
 
     result = replay(options(ReplayOptions, args))
     r = result.report
+    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(r["rejected_by_reason"].items()))
     print(
         f"flowclas replay: {r['frames']} frames ({r['processed']} processed, {r['dropped']} dropped, "
-        f"{r['rejected']} rejected) in {r['seconds']:.1f} s, {r['throughput_fps']:.1f} frames/s -> {result.output_bag}"
-        + (f", {result.metrics}" if result.metrics else "")
+        f"{r['rejected']} rejected{': ' + reasons if reasons else ''}) in {r['seconds']:.1f} s, "
+        f"{r['throughput_fps']:.1f} frames/s -> {result.output_bag}" + (f", {result.metrics}" if result.metrics else "")
     )
-    return 0 if r["processed"] else 1
+    if not r["processed"]:
+        why = f"rejected: {reasons}" if reasons else "the topic has no messages"
+        raise UserError(f"no frame of {args.image_topic} could be processed ({why})")
+    return 0

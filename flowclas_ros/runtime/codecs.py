@@ -20,6 +20,7 @@ Encoding notes:
 from __future__ import annotations
 
 import io
+import operator
 import re
 import sys
 from dataclasses import dataclass
@@ -30,7 +31,10 @@ import numpy as np
 from flowclas_ros.errors import FlowclasError
 from flowclas_ros.vocabulary import MAX_SIDE
 
-MAX_COMPRESSED_PIXELS = 64 * 2**20  # a few bytes of PNG may claim any size: cap what we inflate
+# 32 MiP: an 8K UHD frame (7680 x 4320) fits, an 8192 x 8192 one (2.6 GB through the detector)
+# does not. A few bytes of PNG, or a raw header, may claim any size: whatever the message says,
+# nothing larger is decoded, raw or compressed.
+MAX_PIXELS = 32 * 2**20
 
 _LITTLE_HOST = sys.byteorder == "little"
 _OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
@@ -41,9 +45,23 @@ def _clean(exc: BaseException) -> str:
     return _OBJECT_REPR.sub("<object>", str(exc)) or type(exc).__name__
 
 
-def _check_pixels(h: int, w: int, max_pixels: int | None, what: str = "image") -> None:
-    if max_pixels is not None and h * w > max_pixels:
-        raise MessageError(f"{what} of {w}x{h} = {h * w} pixels exceeds max_input_pixels {max_pixels}", "size")
+
+
+def _field(msg: Any, name: str) -> Any:
+    """``msg.name``, or a MessageError when the message has no such field."""
+    try:
+        return getattr(msg, name)
+    except AttributeError:
+        raise MessageError(f"message has no {name!r} field", "field") from None
+
+
+def _integer(msg: Any, name: str) -> int:
+    """An integer field (Python or numpy integer; not a float, string or bool-like object)."""
+    value = _field(msg, name)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise MessageError(f"{name} must be an integer, got {type(value).__name__}", "field") from None
 
 
 class MessageError(FlowclasError):
@@ -107,28 +125,39 @@ def _buffer(data: Any) -> np.ndarray:
         raise MessageError(f"image data is not a byte buffer ({type(data).__name__})", "data") from exc
 
 
-def _check_size(height: Any, width: Any) -> tuple[int, int]:
-    try:
-        h, w = int(height), int(width)
-    except (TypeError, ValueError) as exc:
-        raise MessageError(f"image size {height!r}x{width!r} is not a pair of integers", "size") from exc
+def _check_size(h: int, w: int, max_pixels: int | None = None, what: str = "image") -> tuple[int, int]:
+    """``(h, w)`` when within 1..MAX_SIDE a side, ``max_pixels`` and MAX_PIXELS in all, else a MessageError."""
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
-        raise MessageError(f"image size {h}x{w} is outside 1..{MAX_SIDE} pixels a side", "size")
+        raise MessageError(f"{what} size {h}x{w} is outside 1..{MAX_SIDE} pixels a side", "size")
+    if max_pixels is not None and h * w > max_pixels:
+        raise MessageError(f"{what} of {w}x{h} = {h * w} pixels exceeds max_input_pixels {max_pixels}", "size")
+    if h * w > MAX_PIXELS:
+        raise MessageError(f"{what} of {w}x{h} = {h * w} pixels exceeds the {MAX_PIXELS} pixel budget", "size")
     return h, w
 
 
-def _raw_view(msg: Any, layout: _Layout) -> np.ndarray:
+def _raw_size(msg: Any, max_pixels: int | None = None) -> tuple[int, int]:
+    """An Image message's checked ``(height, width)``."""
+    try:
+        h, w = _integer(msg, "height"), _integer(msg, "width")
+    except MessageError as exc:
+        raise MessageError(f"image size is not a pair of integers: {exc}", exc.reason) from None
+    return _check_size(h, w, max_pixels)
+
+
+def _raw_view(msg: Any, layout: _Layout, max_pixels: int | None = None) -> np.ndarray:
     """``H x W x C`` view of an Image message's pixels (uint8 or 16-bit in the message's byte order)."""
-    h, w = _check_size(msg.height, msg.width)
+    h, w = _raw_size(msg, max_pixels)
     row_bytes = w * layout.channels * layout.depth
-    step = int(msg.step)
+    step = _integer(msg, "step")
     if step < row_bytes:
         pixel = layout.channels * layout.depth
         raise MessageError(f"row step {step} is smaller than width {w} x {pixel} bytes per pixel", "step")
-    buf = _buffer(msg.data)
+    big_endian = _integer(msg, "is_bigendian") != 0 if layout.depth > 1 else False
+    buf = _buffer(_field(msg, "data"))
     if buf.size != step * h:
         raise MessageError(f"data holds {buf.size} bytes but step {step} x height {h} needs {step * h}", "data")
-    dtype: np.dtype = np.dtype(np.uint8) if layout.depth == 1 else np.dtype(">u2" if msg.is_bigendian else "<u2")
+    dtype: np.dtype = np.dtype(np.uint8) if layout.depth == 1 else np.dtype(">u2" if big_endian else "<u2")
     shape = (h, w, layout.channels)
     strides = (step, layout.channels * layout.depth, layout.depth)
     return np.ndarray(shape, dtype=dtype, buffer=buf, strides=strides)
@@ -201,31 +230,31 @@ def _is_compressed(msg: Any) -> bool:
 def _open_compressed(msg: Any, formats: tuple[str, ...], max_pixels: int | None = None):
     from PIL import Image
 
-    kind = str(msg.format).lower()
+    fmt = _field(msg, "format")
+    kind = str(fmt).lower()
     names = {"JPEG": ("jpeg", "jpg"), "PNG": ("png",)}
     if not any(n in kind for f in formats for n in names[f]) or "compresseddepth" in kind:
-        raise MessageError(f"compressed format {msg.format!r} is not one of {', '.join(formats).lower()}", "format")
+        raise MessageError(f"compressed format {str(fmt)[:80]!r} is not one of {', '.join(formats).lower()}", "format")
+    data = _buffer(_field(msg, "data")).tobytes()
     try:
-        image = Image.open(io.BytesIO(_buffer(msg.data).tobytes()), formats=list(formats))
-        h, w = _check_size(image.height, image.width)  # from the header: nothing decoded yet
-        if h * w > MAX_COMPRESSED_PIXELS:
-            raise MessageError(f"compressed image of {w}x{h} pixels exceeds the {MAX_COMPRESSED_PIXELS} pixel budget", "size")
-        _check_pixels(h, w, max_pixels, "compressed image")
+        image = Image.open(io.BytesIO(data), formats=list(formats))
+        # from the header: nothing decoded yet
+        _check_size(image.height, image.width, max_pixels, "compressed image")
         image.load()
     except MessageError:
         raise
     except Exception as exc:  # PIL raises many kinds for corrupt or hostile payloads
-        raise MessageError(f"compressed image ({msg.format}) failed to decode: {_clean(exc)}", "decode") from exc
+        raise MessageError(f"compressed image ({str(fmt)[:80]}) failed to decode: {_clean(exc)}", "decode") from exc
     return image
 
 
 def decode_image(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     """sensor_msgs/Image or CompressedImage -> ``H x W x 3`` uint8 RGB (a view when possible).
 
-    Raises :class:`MessageError` for an unknown encoding, a size outside 1..16384 a side, more
-    than ``max_pixels`` pixels (checked before anything is decoded: a compressed image's size
-    is read from its PNG/JPEG header), a step or data length that does not fit width and
-    height, or a payload that fails to decode.
+    Raises :class:`MessageError` for a missing or mistyped field, an unknown encoding, a size
+    outside 1..16384 a side, more than ``MAX_PIXELS`` or ``max_pixels`` pixels (checked before
+    anything is decoded: a compressed image's size is read from its PNG/JPEG header), a step
+    or data length that does not fit width and height, or a payload that fails to decode.
     """
     if _is_compressed(msg):
         image = _open_compressed(msg, ("JPEG", "PNG"), max_pixels)
@@ -233,12 +262,12 @@ def decode_image(msg: Any, max_pixels: int | None = None) -> np.ndarray:
             grey = np.asarray(image, dtype=np.uint16) >> 8
             return np.broadcast_to(grey.astype(np.uint8)[..., None], grey.shape + (3,))
         return np.asarray(image.convert("RGB"))
-    encoding = str(msg.encoding)
+    encoding = str(_field(msg, "encoding"))
     layout = _LAYOUTS.get(encoding)
     if layout is None:
-        raise MessageError(f"unsupported image encoding {encoding!r} (supported: {', '.join(ENCODINGS)})", "encoding")
-    _check_pixels(*_check_size(msg.height, msg.width), max_pixels)
-    raw = _raw_view(msg, layout)
+        raise MessageError(f"unsupported image encoding {encoding[:40]!r} (supported: {', '.join(ENCODINGS)})",
+                           "encoding")
+    raw = _raw_view(msg, layout, max_pixels)
     kind = layout.kind
     if kind in ("uyvy", "yuyv"):
         return _yuv422_to_rgb(raw, kind)
@@ -263,9 +292,9 @@ def decode_mask(msg: Any) -> np.ndarray:
         if image.mode not in ("L", "P", "I;16", "I;16B", "I"):
             raise MessageError(f"mask PNG has mode {image.mode}, expected a single-channel label image", "encoding")
         return np.asarray(image)
-    encoding = str(msg.encoding)
+    encoding = str(_field(msg, "encoding"))
     if encoding not in _MASK_ENCODINGS:
-        raise MessageError(f"mask encoding {encoding!r} is not one of {', '.join(_MASK_ENCODINGS)}", "encoding")
+        raise MessageError(f"mask encoding {encoding[:40]!r} is not one of {', '.join(_MASK_ENCODINGS)}", "encoding")
     raw = _raw_view(msg, _LAYOUTS[encoding])[..., 0]
     return raw if raw.dtype == np.uint8 else raw.astype(np.uint16)
 
