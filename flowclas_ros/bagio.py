@@ -64,7 +64,7 @@ COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 STORAGE_SUFFIXES = (".mcap", ".db3")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-MAX_MESSAGE_BYTES = 2**29  # one inflated message; a raw frame of MAX_PIXELS in rgba16 is 2**28
+MAX_MESSAGE_BYTES = 2**29  # one inflated message; a raw frame of MAX_FRAME_PIXELS in rgba16 is 2**28
 MAX_INFLATION = 1000  # a per-file compressed storage file may grow this many times
 START_NS = 1_700_000_000 * 10**9  # default stamp of a written bag's first frame
 

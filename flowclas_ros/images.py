@@ -3,7 +3,7 @@
 Every image file a user hands us (``detect`` inputs, dataset images and masks) is opened by
 :func:`open_image`: only the formats of ``IMAGE_SUFFIXES`` are tried (whatever the suffix
 says, so no other Pillow plugin, such as EPS with its Ghostscript call, ever sees the
-file), the size in the header is checked against ``MAX_SIDE`` and ``MAX_PIXELS`` before a
+file), the size in the header is checked against ``MAX_SIDE`` and ``MAX_FILE_PIXELS`` before a
 pixel is decoded, the first frame is decoded and turned upright by its EXIF orientation.
 Any failure is one ``UserError`` line naming the file.
 """
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flowclas_ros.errors import UserError
-from flowclas_ros.vocabulary import MAX_SIDE
+from flowclas_ros.vocabulary import MAX_FILE_PIXELS, MAX_SIDE
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -28,9 +28,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF")
 """The Pillow formats tried on an image file (those of ``IMAGE_SUFFIXES``)."""
 
-MAX_PIXELS = 64 * 2**20
-"""Largest image file (width x height) decoded: 8192 x 8192, about 200 MB as RGB. Sides are
-also bounded by ``MAX_SIDE``; the budget stays under Pillow's own decompression-bomb limit."""
 
 log = logging.getLogger(__name__)
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -56,12 +53,12 @@ def _reason(exc: BaseException) -> str:
 
 
 def check_size(width: int, height: int, what: str) -> None:
-    """UserError unless ``width`` x ``height`` fits ``MAX_SIDE`` a side and ``MAX_PIXELS`` in all."""
+    """UserError unless ``width`` x ``height`` fits ``MAX_SIDE`` a side and ``MAX_FILE_PIXELS`` in all."""
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
         raise UserError(f"{what} is {width}x{height} pixels: each side must be 1..{MAX_SIDE}")
-    if width * height > MAX_PIXELS:
+    if width * height > MAX_FILE_PIXELS:
         raise UserError(f"{what} is {width}x{height} = {width * height} pixels, more than the "
-                        f"{MAX_PIXELS}-pixel budget (a decompression bomb?)")
+                        f"{MAX_FILE_PIXELS}-pixel budget (a decompression bomb?)")
 
 
 def open_image(path: Path, what: str = "image") -> "Image":
@@ -88,7 +85,7 @@ def open_image(path: Path, what: str = "image") -> "Image":
     except UserError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UserError(f"{what} {path} is too large to decode: more than the {MAX_PIXELS}-pixel budget "
+        raise UserError(f"{what} {path} is too large to decode: more than the {MAX_FILE_PIXELS}-pixel budget "
                         "(a decompression bomb?)") from None
     except Image.UnidentifiedImageError:
         raise UserError(f"cannot read {what} {path}: not a readable {', '.join(FORMATS)} file") from None

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/flowclas"
 FRAME_TOPICS = ("anomaly_score", "anomaly_mask", "anomaly_overlay", "hazards")
 DIAGNOSTICS_PERIOD_NS = 10**9
-MAX_MASK_BYTES = 2**28  # a ground-truth PNG file (a label PNG of MAX_PIXELS is far smaller)
+MAX_MASK_BYTES = 2**28  # a ground-truth PNG file (a label PNG of MAX_FRAME_PIXELS is far smaller)
 
 
 @dataclass
@@ -72,10 +72,10 @@ class ReplayOptions:
 
     def check(self) -> None:
         """UserError for values no replay can use."""
-        from flowclas_ros.runtime.codecs import MAX_PIXELS
+        from flowclas_ros.vocabulary import MAX_FRAME_PIXELS
 
-        if self.max_input_pixels is not None and not 1 <= self.max_input_pixels <= MAX_PIXELS:
-            raise UserError(f"--max-input-pixels must be in 1..{MAX_PIXELS}, got {self.max_input_pixels}")
+        if self.max_input_pixels is not None and not 1 <= self.max_input_pixels <= MAX_FRAME_PIXELS:
+            raise UserError(f"--max-input-pixels must be in 1..{MAX_FRAME_PIXELS}, got {self.max_input_pixels}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise UserError(f"--threshold must be in [0, 1], got {self.threshold}")
         if self.max_frames is not None and self.max_frames < 1:

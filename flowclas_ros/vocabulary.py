@@ -25,3 +25,12 @@ MASK_ON = 255
 
 MAX_SIDE = 16384
 """Largest image side (pixels) any decoder or the detector accepts."""
+
+MAX_FRAME_PIXELS = 32 * 2**20
+"""Largest camera frame (width x height) decoded from a message, raw or compressed: an 8K UHD
+frame (7680 x 4320) fits, an 8192 x 8192 one (2.6 GB through the detector) does not. A few
+bytes of PNG or a raw header may claim any size; the claim is checked before decoding."""
+
+MAX_FILE_PIXELS = 64 * 2**20
+"""Largest image file (width x height) decoded: 8192 x 8192, about 200 MB as RGB, so that
+photos from high-resolution cameras still train; under Pillow's decompression-bomb limit."""

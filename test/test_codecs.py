@@ -222,9 +222,9 @@ def raw_claim(height, width, encoding="mono8", **changes):
 @pytest.mark.parametrize("height, width, match", [(8192, 8192, "pixel budget"), (16384, 16384, "pixel budget"),
                                                   (16385, 1, "outside"), (2**40, 2**40, "outside")])
 def test_raw_frames_beyond_the_pixel_budget_are_refused_before_decoding(height, width, match):
-    from flowclas_ros.runtime.codecs import MAX_PIXELS
+    from flowclas_ros.vocabulary import MAX_FRAME_PIXELS
 
-    assert 7680 * 4320 <= MAX_PIXELS < 8192 * 8192  # 8K UHD fits, 8192 x 8192 does not
+    assert 7680 * 4320 <= MAX_FRAME_PIXELS < 8192 * 8192  # 8K UHD fits, 8192 x 8192 does not
     for decode in (decode_image, decode_mask):
         with pytest.raises(MessageError, match=match) as info:
             decode(raw_claim(height, width))

@@ -10,8 +10,8 @@ from flowclas_ros.commands.common import add_inference_arguments, options
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's flags."""
     from flowclas_ros.bagio import STORAGES
-    from flowclas_ros.runtime.codecs import MAX_PIXELS
     from flowclas_ros.runtime.smoothing import CHOICES
+    from flowclas_ros.vocabulary import MAX_FRAME_PIXELS
 
     add_inference_arguments(parser)
     parser.add_argument("--bag", required=True, help="input rosbag2 (directory, .mcap or .db3)")
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bins", type=int, default=2000, help="score bins of the streaming metrics")
     parser.add_argument("--components", action="store_true", help="also compute component metrics (SMIYC anomaly track)")
     parser.add_argument("--max-input-pixels", type=int, default=None,
-                        help=f"largest frame accepted, width x height, checked before decoding (default {MAX_PIXELS})")
+                        help=f"largest frame accepted, width x height, checked before decoding (default {MAX_FRAME_PIXELS})")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowclas_ros.runtime.backends import BACKENDS, PRECISIONS
-from flowclas_ros.runtime.codecs import MAX_PIXELS
 from flowclas_ros.runtime.smoothing import CHOICES as SMOOTHING_CHOICES
 from flowclas_ros.runtime.threads import MAX_THREADS
+from flowclas_ros.vocabulary import MAX_FRAME_PIXELS
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ PARAMETERS: dict[str, Parameter] = {
     # sensors), and one such frame costs ~38 MB RGB plus ~50 MB of score: a frame claiming
     # more is refused from its header, before anything is decoded.
     "max_input_pixels": Parameter(4096 * 3072, "largest input image accepted, width x height pixels (checked "
-                                  "before decoding)", range=(1, MAX_PIXELS)),
+                                  "before decoding)", range=(1, MAX_FRAME_PIXELS)),
     "frame_id": Parameter("", "frame_id of label_info until the first image arrives; empty = the namespace"),
     "smoothing": Parameter("none", "score smoothing over regions", choices=SMOOTHING_CHOICES),
     "overlay": Parameter(True, "publish anomaly_overlay (computed only while subscribed)", dynamic=True),

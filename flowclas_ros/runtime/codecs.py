@@ -29,12 +29,7 @@ from typing import Any
 import numpy as np
 
 from flowclas_ros.errors import FlowclasError
-from flowclas_ros.vocabulary import MAX_SIDE
-
-# 32 MiP: an 8K UHD frame (7680 x 4320) fits, an 8192 x 8192 one (2.6 GB through the detector)
-# does not. A few bytes of PNG, or a raw header, may claim any size: whatever the message says,
-# nothing larger is decoded, raw or compressed.
-MAX_PIXELS = 32 * 2**20
+from flowclas_ros.vocabulary import MAX_FRAME_PIXELS, MAX_SIDE
 
 _LITTLE_HOST = sys.byteorder == "little"
 _OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
@@ -126,13 +121,13 @@ def _buffer(data: Any) -> np.ndarray:
 
 
 def _check_size(h: int, w: int, max_pixels: int | None = None, what: str = "image") -> tuple[int, int]:
-    """``(h, w)`` when within 1..MAX_SIDE a side, ``max_pixels`` and MAX_PIXELS in all, else a MessageError."""
+    """``(h, w)`` when within 1..MAX_SIDE a side, ``max_pixels`` and MAX_FRAME_PIXELS in all, else a MessageError."""
     if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise MessageError(f"{what} size {h}x{w} is outside 1..{MAX_SIDE} pixels a side", "size")
     if max_pixels is not None and h * w > max_pixels:
         raise MessageError(f"{what} of {w}x{h} = {h * w} pixels exceeds max_input_pixels {max_pixels}", "size")
-    if h * w > MAX_PIXELS:
-        raise MessageError(f"{what} of {w}x{h} = {h * w} pixels exceeds the {MAX_PIXELS} pixel budget", "size")
+    if h * w > MAX_FRAME_PIXELS:
+        raise MessageError(f"{what} of {w}x{h} = {h * w} pixels exceeds the {MAX_FRAME_PIXELS} pixel budget", "size")
     return h, w
 
 
@@ -252,7 +247,7 @@ def decode_image(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     """sensor_msgs/Image or CompressedImage -> ``H x W x 3`` uint8 RGB (a view when possible).
 
     Raises :class:`MessageError` for a missing or mistyped field, an unknown encoding, a size
-    outside 1..16384 a side, more than ``MAX_PIXELS`` or ``max_pixels`` pixels (checked before
+    outside 1..16384 a side, more than ``MAX_FRAME_PIXELS`` or ``max_pixels`` pixels (checked before
     anything is decoded: a compressed image's size is read from its PNG/JPEG header), a step
     or data length that does not fit width and height, or a payload that fails to decode.
     """

@@ -15,8 +15,8 @@ for pasting.
 
 The annotations are read with ``flowclas_ros.structured.read_json`` (bounded nesting, at
 most ``MAX_ANNOTATION_BYTES``). A malformed image entry (not a mapping, a file name that is
-not a plain name, a size that is not integers within ``flowclas_ros.images.MAX_SIDE`` and
-``MAX_PIXELS``, so nothing is allocated for a claimed 10^9 x 10^9 image) drops that image;
+not a plain name, a size that is not integers within ``flowclas_ros.vocabulary.MAX_SIDE`` and
+``MAX_FILE_PIXELS``, so nothing is allocated for a claimed 10^9 x 10^9 image) drops that image;
 a malformed annotation (no image id, polygons or RLE that do not decode) is left out; an
 image whose annotations would rasterise more than ``MAX_MASK_WORK`` pixels is dropped. Each
 kind is counted and its first case logged as a warning; the rest of the set is prepared.

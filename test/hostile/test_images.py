@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from flowclas_ros.errors import UserError
-from flowclas_ros.images import MAX_PIXELS, read_rgb
-from flowclas_ros.vocabulary import MAX_SIDE
+from flowclas_ros.images import read_rgb
+from flowclas_ros.vocabulary import MAX_FILE_PIXELS, MAX_SIDE
 
 from .conftest import expect_refused
 
@@ -91,7 +91,7 @@ JPEG = encoded(noise(), "JPEG", quality=80)
 BAD_FILES = {
     "bomb-pil-error": ("b.png", claimed_png(100_000, 100_000)),  # Pillow's DecompressionBombError
     "bomb-pil-warning": ("b.png", claimed_png(10_000, 10_000)),  # DecompressionBombWarning range
-    "bomb-our-budget": ("b.png", claimed_png(8200, 8200)),  # under Pillow's limit, over MAX_PIXELS
+    "bomb-our-budget": ("b.png", claimed_png(8200, 8200)),  # under Pillow's limit, over MAX_FILE_PIXELS
     "side-over-max": ("b.png", claimed_png(MAX_SIDE + 1, 2)),
     "bomb-jpeg-header": ("b.jpg", claimed_jpeg(60_000, 60_000)),
     "bomb-jpeg-budget": ("b.jpg", claimed_jpeg(9000, 9000)),
@@ -126,7 +126,7 @@ def test_detect_refuses_bad_image_file(case, tmp_path, bundle, flowclas):
 
 
 def test_pixel_budget_is_below_pillows_and_within_max_side():
-    assert MAX_PIXELS < Image.MAX_IMAGE_PIXELS and MAX_PIXELS <= MAX_SIDE**2
+    assert MAX_FILE_PIXELS < Image.MAX_IMAGE_PIXELS and MAX_FILE_PIXELS <= MAX_SIDE**2
 
 
 # --- pixel modes and orientation --------------------------------------------------------------
