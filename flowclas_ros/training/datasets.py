@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowclas_ros.errors import UserError
+from flowclas_ros.errors import FlowclasError, UserError
 from flowclas_ros.images import IMAGE_SUFFIXES, open_image, read_rgb
 from flowclas_ros.vocabulary import Label
 
@@ -445,12 +445,19 @@ class RosbagDataset(ImageSequence):
             wanted = [c for c in reader.connections if c.topic in (image_topic, mask_topic)]
             seen: dict[int, int] = {}  # connection -> messages so far at the current log time
             current = None
+            unreadable = 0
             for connection, log_time, data in reader.messages(connections=wanted):
                 if log_time != current:
                     seen, current = {}, log_time
                 k = index[id(connection)]
                 seen[k] = rank = seen.get(k, -1) + 1
-                stamp = stamp_to_ns(reader.deserialize(data, connection.msgtype).header.stamp)
+                try:
+                    stamp = stamp_to_ns(reader.deserialize(data, connection.msgtype).header.stamp)
+                except FlowclasError as exc:  # one damaged message: left out of the index, counted
+                    unreadable += 1
+                    log.warning("rosbag %s: skipped an unreadable message on %s (%d so far): %s",
+                                root, connection.topic, unreadable, exc)
+                    continue
                 where = _BagMessage(k, log_time, rank)
                 if connection.topic == image_topic:
                     images.append((stamp, where))

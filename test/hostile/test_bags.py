@@ -513,3 +513,15 @@ def test_damaged_file_compressed_bag(flowclas, tmp_path, damage):
     data = compressed.read_bytes()
     compressed.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x28\xb5\x2f\xfd" + bytes(64))
     expect_refused(replay(flowclas, bag, topic=TOPIC), "does not decompress")
+
+
+def test_training_on_a_bag_leaves_out_an_unreadable_message(tmp_path, caplog):
+    from flowclas_ros.training.datasets import RosbagDataset
+
+    truncated = hostile_image(None, cut=40)[4][0]
+    stream = (TOPIC, bagio.IMAGE, None, None, [truncated, raw_frame(bagio.typestore(), 1)])
+    bag = write_bag(tmp_path / "in", [stream], storage="sqlite3")
+    with caplog.at_level("WARNING", logger="flowclas_ros"):
+        dataset = RosbagDataset(bag, "train", image_topic=TOPIC, mask_topic=None)
+    assert len(dataset) == 1
+    assert any("unreadable message" in r.getMessage() for r in caplog.records)
