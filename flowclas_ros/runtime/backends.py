@@ -9,7 +9,9 @@
 * ``auto``: the best one that works here, with a logged fallback.
 
 Compiled backends come from the bundle's artefact cache (:mod:`flowclas_ros.deploy.cache`):
-built on first use when ``build`` is true, otherwise a missing or stale artefact is an error.
+built on first use when ``build`` is true, otherwise a missing or stale artefact is an error;
+one not built on this machine is refused until rebuilt (``auto`` then logs why and moves
+on), and one altered or unsafe is an error under every backend, ``auto`` included.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import Tensor
 from flowclas_ros.deploy.archive import load_program
 from flowclas_ros.deploy.cache import ensure_artefact, read_manifest
 from flowclas_ros.deploy.compile import load_tensorrt
-from flowclas_ros.deploy.errors import ArtefactError
+from flowclas_ros.deploy.errors import ArtefactError, UnsafeArtefactError
 from flowclas_ros.deploy.shapes import InputShape
 from flowclas_ros.errors import FlowclasError
 from flowclas_ros.model.bundle import load_bundle, read_bundle_config
@@ -136,7 +138,12 @@ class OnnxRuntimeBackend(Backend):
         providers = [p for p in wanted if p in ort.get_available_providers()]
         if self.device.type == "cuda" and providers == ["CPUExecutionProvider"]:
             raise BackendError("onnxruntime here has no CUDA or TensorRT execution provider; use --device cpu")
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except _ort_errors(ort) as exc:
+            first = " ".join(str(exc).split())[:200]
+            raise ArtefactError(f"ONNX Runtime cannot load {path} ({type(exc).__name__}: {first}); "
+                                "rebuild it with flowclas export --force") from None
         self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
 
@@ -164,6 +171,14 @@ class TensorRTBackend(Backend):
         """Score maps ``B x H x W`` for a normalised ``B x 3 x H x W`` batch."""
         self.check_input(x)
         return self.module(x.to(self.device, self.dtype)).float()
+
+
+def _ort_errors(ort) -> tuple[type[BaseException], ...]:
+    """The exceptions ONNX Runtime raises for a model it rejects (not RuntimeError subclasses)."""
+    state = ort.capi.onnxruntime_pybind11_state
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+             "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    return (RuntimeError, *(getattr(state, n) for n in names if hasattr(state, n)))
 
 
 def _dtype(precision: str, backend: str = "torch") -> torch.dtype:
@@ -238,6 +253,8 @@ def _auto(bundle, device, precision, shape, build, net, threads, calibration) ->
     for name in order:
         try:
             backend = create_backend(name, bundle, device, precision, shape, build, net, threads, calibration)
+        except UnsafeArtefactError:
+            raise  # altered or unsafe: never skipped for another backend
         except (BackendError, ArtefactError, ImportError, OSError, RuntimeError) as exc:
             log.warning("backend auto: %s unavailable (%s); trying the next", name, exc)
             reasons.append(f"{name}: {exc}")
