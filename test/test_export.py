@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import randomize_head, small_config
@@ -78,3 +80,24 @@ def test_export_command(tmp_path, small_net, capsys):
     for extra, message in bad:
         assert main(["export", "--model", str(bundle), "--format", "onnx", *extra]) == 1
         assert message in capsys.readouterr().err
+
+
+def test_exported_ops_are_on_the_allow_list(net):
+    """Our exports stay inside deploy.ops.TORCH_OPS (regenerate it from program_ops when this fails)."""
+    from flowclas_ros.deploy.compile import export_program
+    from flowclas_ros.deploy.ops import TORCH_OPS, check_program, program_ops
+    from flowclas_ros.deploy.shapes import InputShape
+
+    program = export_program(net, InputShape.static(*net.config.encoder.input_size), net.encoder.pad_multiple)
+    assert program_ops(program) <= TORCH_OPS, program_ops(program) - TORCH_OPS
+    check_program(program, Path("model.pt2"))
+
+
+def test_allowed_ops_write_nothing():
+    from flowclas_ros.deploy.ops import TORCH_OPS, op_refusal
+
+    for name in TORCH_OPS:
+        assert op_refusal(name) is None, name
+        if name.startswith("torch.ops."):
+            _, _, namespace, op, overload = name.split(".")
+            assert not getattr(getattr(getattr(torch.ops, namespace), op), overload)._schema.is_mutable, name

@@ -56,7 +56,7 @@ ENTRIES = {
 _ENTRY = re.compile(r"(?P<root>\w[\w.-]*)/(?P<rest>" + "|".join(f"(?P<k{i}>{p})" for i, p in enumerate(ENTRIES.values())) + ")")
 _KINDS = list(ENTRIES)
 MAX_GRAPH_BYTES = 256 * 2**20
-MAX_EXPR_CHARS = 256
+MAX_EXPR_CHARS = 4096
 # Shape expressions as torch writes them, e.g. "Symbol('s77', positive=True, integer=True)",
 # "2*s35", "FloorDiv(s0, 8)": these names, numbers, quoted symbol names and arithmetic only
 # (no attribute access, no subscripts, no powers), so sympify's eval can compute nothing else.
@@ -87,14 +87,15 @@ def _expr_refusal(expr: Any) -> str | None:
 
 
 def _dicts(value: Any) -> Iterator[dict]:
+    """Every mapping inside ``value``, in document order (so errors name the first offender)."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             yield item
-            stack.extend(item.values())
+            stack.extend(reversed(item.values()))
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend(reversed(item))
 
 
 def _audit_graph(graph: Any, path: Path) -> None:
