@@ -11,7 +11,8 @@ torch writes today for our networks (:data:`ENTRIES`, one pattern per kind, stor
 folder), weights and constants only as raw tensors, sample inputs only empty, graph targets
 only from the operator allow-list (:mod:`flowclas_ros.deploy.ops`) and shape expressions only
 in the plain arithmetic torch writes. :func:`load_program` audits, loads, and checks the
-loaded graph again.
+loaded graph again. ``ExportedProgram.module()`` execs the archive's ``guards_code`` when
+the program has sample inputs: callers use ``module(check_guards=False)``.
 """
 
 from __future__ import annotations
