@@ -16,7 +16,7 @@ from conftest import randomize_head, small_config
 from flowclas_ros.deploy import cache, trust
 from flowclas_ros.deploy.archive import load_program, save_program
 from flowclas_ros.deploy.cache import MANIFEST, ensure_artefact, library_versions
-from flowclas_ros.deploy.compile import Fp32Island, mixed_precision
+from flowclas_ros.deploy.compile import Fp32Island, export_program, mixed_precision
 from flowclas_ros.deploy.errors import ArtefactError
 from flowclas_ros.deploy.shapes import InputShape
 from flowclas_ros.model import EncoderConfig, FlowCLASNet, FlowConfig, save_bundle
@@ -181,7 +181,7 @@ def test_corrupt_artefact_is_refused(lite):
 
 
 def test_program_with_pickled_inputs_is_refused(tmp_path, lite):
-    program = torch.export.export(lite[0], (torch.randn(1, 3, 64, 96),))
+    program = export_program(lite[0], InputShape.static(64, 96), lite[0].encoder.pad_multiple)
     torch.export.save(program, str(tmp_path / "pickled.pt2"))  # keeps sample inputs (a pickle)
     with pytest.raises(ArtefactError, match="pickled sample inputs"):
         load_program(tmp_path / "pickled.pt2")
