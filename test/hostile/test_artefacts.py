@@ -74,7 +74,6 @@ def bundle(pristine, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(pristine, copy)
     plant(copy, "onnx", _onnx("clean", tmp_path))
-    (tmp_path / "out").mkdir()  # the harness counts a new output folder itself as a change
     Image.fromarray(np.full((*SIZE, 3), 128, np.uint8)).save(tmp_path / "frame.png")
     return copy
 
@@ -187,7 +186,6 @@ def test_pickled_archive_is_refused(flowclas, bundle, tmp_path, case, command):
 def test_pickled_archive_skipped_by_bench(flowclas, bundle, tmp_path):
     marker = tmp_path / "pwned"
     plant(bundle, "torch-export", _pickled(bundle, "legacy_weights", marker))
-    (tmp_path / "bench").mkdir()  # as "out" in the fixture
     outcome = flowclas("bench", "--model", bundle, "--backends", "torch,torch-export", "--warmup", "0", "--iters", "1",
                        "--no-pipeline", "--threads", "1", "--output", tmp_path / "bench", outputs=["bench"])
     assert "Traceback" not in outcome.stderr and outcome.code == 0
@@ -349,7 +347,6 @@ def test_onnx_runtime_rejection_is_one_line(flowclas, bundle, tmp_path, backend)
 
 
 def test_foreign_artefact_refused_until_rebuilt(flowclas, bundle, tmp_path, monkeypatch):
-    (tmp_path / "other-machine").mkdir()
     monkeypatch.setenv(trust.STATE_ENV, str(tmp_path / "other-machine"))  # an empty record: nothing built here
     artefact = _artefact(bundle)
     outcome = flowclas(*COMMANDS["detect"](bundle, tmp_path), outputs=["out"])
