@@ -131,6 +131,8 @@ def audit_program_archive(path: Path) -> None:
             _audit_zip(archive, path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, ValueError) as exc:
         raise UnsafeArtefactError(f"{path} is not a valid torch.export archive ({exc}); refusing to load") from None
+    except UnsafeArtefactError:
+        raise
     except UserError as exc:  # a malformed JSON entry
         raise UnsafeArtefactError(f"{path} is not a torch.export archive we wrote ({exc}); refusing to load") from None
 
