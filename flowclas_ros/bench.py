@@ -278,7 +278,7 @@ def bench_resolution(args, net, config, specs, batches, size, progress, load=Non
     """Rows and skipped entries for one resolution."""
     import torch
 
-    from flowclas_ros.deploy.errors import ArtefactError
+    from flowclas_ros.deploy.errors import ArtefactError, UnsafeArtefactError
     from flowclas_ros.deploy.shapes import InputShape
     from flowclas_ros.runtime.backends import BackendError, TorchBackend, create_backend
 
@@ -295,6 +295,8 @@ def bench_resolution(args, net, config, specs, batches, size, progress, load=Non
                                                       net=net, threads=args.threads, calibration=args.calibration)
             after = _status_mib("VmRSS")
             loaded[spec.label] = None if before is None or after is None else round(after - before, 1)
+        except UnsafeArtefactError:
+            raise  # an altered artefact is an error, never a skipped row
         except (BackendError, ArtefactError, ImportError) as exc:
             skipped.append({"backend": spec.label, "resolution": f"{h}x{w}", "reason": str(exc)})
             log.warning("skipped %s at %dx%d: %s", spec.label, h, w, exc)

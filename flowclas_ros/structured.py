@@ -88,11 +88,14 @@ def load_json(text: str | bytes, what: str) -> Any:
 
 
 def _read_text(path: Path, max_bytes: int) -> str:
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise UserError(f"{path}: {size} bytes, more than the {max_bytes} a config may have")
+    if path.exists() and not (path.is_file() or path.is_dir()):  # a FIFO or device would block or never end
+        raise UserError(f"{path}: not a regular file, expected a config file")
+    with path.open("rb") as file:
+        data = file.read(max_bytes + 1)  # never more, whatever the size said a moment ago
+    if len(data) > max_bytes:
+        raise UserError(f"{path}: more than the {max_bytes} bytes a config may have")
     try:
-        return path.read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 # Commands run in-process (main([...])) configure torch's threads from OMP_NUM_THREADS when
 # set (flowclas_ros.runtime.threads); keep the test process on one thread after them too.
@@ -28,6 +30,18 @@ def small_config(**changes) -> ModelConfig:
     )
     fields.update(changes)
     return ModelConfig(**fields)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test module records the artefacts it builds in its own folder, never the user's
+    ``~/.local/state`` (flowclas_ros.deploy.trust)."""
+    from flowclas_ros.deploy import trust
+
+    folder = tmp_path_factory.mktemp("state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(trust.STATE_ENV, str(folder))
+        yield folder
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import randomize_head, small_config
 
-from flowclas_ros.deploy import cache, trust
+from flowclas_ros.deploy import cache
 from flowclas_ros.deploy.archive import load_program, save_program
 from flowclas_ros.deploy.cache import MANIFEST, ensure_artefact, library_versions
 from flowclas_ros.deploy.compile import Fp32Island, export_program, mixed_precision
@@ -24,14 +24,6 @@ from flowclas_ros.runtime import Detector
 from flowclas_ros.runtime.backends import BackendError, create_backend, tensorrt_unavailable
 
 ATOL = 1e-4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def state_dir(tmp_path_factory):
-    """The record of artefacts built here, in this module's own folder (never the user's)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(trust.STATE_ENV, str(tmp_path_factory.mktemp("state")))
-        yield
 
 
 def _bundle(tmp_path_factory, name: str, **changes):

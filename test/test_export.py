@@ -8,18 +8,9 @@ import pytest
 import torch
 from conftest import randomize_head, small_config
 
-from flowclas_ros.deploy import trust
 from flowclas_ros.model import EncoderConfig, FlowCLASNet
 
 VIT_S = EncoderConfig(name="dinov2_vits14", layers=[2, 3], weights=None, input_size=(64, 100))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def state_dir(tmp_path_factory):
-    """The record of artefacts built here, in this module's own folder (never the user's)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(trust.STATE_ENV, str(tmp_path_factory.mktemp("state")))
-        yield
 
 
 @pytest.fixture(params=["efficientnet_lite0", "dinov2_vits14"])
