@@ -6,7 +6,8 @@ Starts ``flowclas_node`` as a process (demo bundle by default, loopback-only Fas
 with the 16 MB shared-memory segment), publishes 480x640 bgr8 frames at each rate and times
 input publish -> anomaly_score receipt (monotonic clock of this process, matched by stamp).
 The reference is ``FramePipeline.process`` on the same frames in this process (decode, model,
-post, encode). Prints medians and p90s, and their ratios (ROS / in-process): what the graph
+post, encode), with the node's thread defaults (``prepare_environment``). The node's own
+receipt-to-publish latency (its /diagnostics) is printed beside it. Prints medians and p90s, and their ratios (ROS / in-process): what the graph
 (serialisation, shared-memory transport, executor, worker hand-off) adds. At a rate faster
 than the model, frames are dropped (keep-latest) and only the processed ones count.
 """
@@ -32,8 +33,12 @@ def main() -> None:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--rates", type=float, nargs="+", default=[2.0, 10.0])
     parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--param", action="append", default=[], help="extra node parameter, name:=value")
     args = parser.parse_args()
 
+    from flowclas_ros.runtime.threads import prepare_environment
+
+    prepare_environment()  # the reference runs with the node's own defaults (before torch loads)
     import ros.conftest as fixtures
     from ros.conftest import Driver, NodeProcess, ros_environment  # one driver/env for tests and this
 
@@ -45,7 +50,7 @@ def main() -> None:
     env["PYTHONUNBUFFERED"] = "1"
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"ros_latency_{os.getpid()}.log"
     command = [str(fixtures.VENV / "bin" / "flowclas_node"), "--ros-args", "-p", f"model:={args.model}",
-               "-p", f"backend:={args.backend}"]
+               "-p", f"backend:={args.backend}"] + [a for p in args.param for a in ("-p", p)]
     node = NodeProcess(command, env, log)
     driver = None
     try:
@@ -62,6 +67,7 @@ def main() -> None:
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
         driver.node.create_subscription(Image, "/anomaly_score", on_score, qos)
         driver.subscribe("/label_info")
+        diagnostics = driver.subscribe("/diagnostics")
         driver.wait_for("/label_info", 1)
         frames = [driver.image() for _ in range(4)]
 
@@ -77,6 +83,9 @@ def main() -> None:
         ref_p50, ref_p90 = statistics.median(local), float(np.percentile(local, 90))
         print(f"in-process pipeline: p50 {ref_p50 * 1e3:.1f} ms, p90 {ref_p90 * 1e3:.1f} ms")
 
+        warm = driver.image()
+        driver.subscribe("/anomaly_mask")
+        driver.exchange("/image", warm, "/anomaly_mask")  # both sides matched and the model warm before timing
         for rate in args.rates:
             sent: dict[tuple[int, int], float] = {}
             for i in range(args.frames):
@@ -91,6 +100,9 @@ def main() -> None:
                 print(f"{rate:g} Hz: no scores received")
                 continue
             p50, p90 = statistics.median(lat), float(np.percentile(lat, 90))
+            node_side = {kv.key: kv.value for status in diagnostics[-1].status for kv in status.values} if diagnostics else {}
+            print(f"  node's own receipt->publish so far: p50 {node_side.get('latency_p50_ms', '?')} ms, "
+                  f"p90 {node_side.get('latency_p90_ms', '?')} ms, received {node_side.get('received', '?')}, processed {node_side.get('processed', '?')}, dropped {node_side.get('dropped', '?')}")
             print(f"{rate:g} Hz: {len(lat)}/{len(sent)} frames scored, publish->score p50 {p50 * 1e3:.1f} ms "
                   f"(x{p50 / ref_p50:.2f} in-process), p90 {p90 * 1e3:.1f} ms (x{p90 / ref_p90:.2f})")
     finally:
