@@ -7,8 +7,9 @@ with the 16 MB shared-memory segment), publishes 480x640 bgr8 frames at each rat
 input publish -> anomaly_score receipt (monotonic clock of this process, matched by stamp).
 The reference is ``FramePipeline.process`` on the same frames in this process (decode, model,
 post, encode), with the node's thread defaults (``prepare_environment``). The node's own
-receipt-to-publish latency (its /diagnostics) is printed beside it. Prints medians and p90s, and their ratios (ROS / in-process): what the graph
-(serialisation, shared-memory transport, executor, worker hand-off) adds. At a rate faster
+receipt-to-publish latency (its /diagnostics) is printed beside it. Prints medians and
+p90s, and their ratios (ROS / in-process): what the graph (serialisation, shared-memory
+transport, executor, worker hand-off) adds. At a rate faster
 than the model, frames are dropped (keep-latest) and only the processed ones count.
 """
 
@@ -101,8 +102,9 @@ def main() -> None:
                 continue
             p50, p90 = statistics.median(lat), float(np.percentile(lat, 90))
             node_side = {kv.key: kv.value for status in diagnostics[-1].status for kv in status.values} if diagnostics else {}
+            counts = ", ".join(f"{k} {node_side.get(k, '?')}" for k in ("received", "processed", "dropped"))
             print(f"  node's own receipt->publish so far: p50 {node_side.get('latency_p50_ms', '?')} ms, "
-                  f"p90 {node_side.get('latency_p90_ms', '?')} ms, received {node_side.get('received', '?')}, processed {node_side.get('processed', '?')}, dropped {node_side.get('dropped', '?')}")
+                  f"p90 {node_side.get('latency_p90_ms', '?')} ms; {counts}")
             print(f"{rate:g} Hz: {len(lat)}/{len(sent)} frames scored, publish->score p50 {p50 * 1e3:.1f} ms "
                   f"(x{p50 / ref_p50:.2f} in-process), p90 {p90 * 1e3:.1f} ms (x{p90 / ref_p90:.2f})")
     finally:

@@ -11,7 +11,13 @@ from conftest import randomize_head, small_config
 
 from flowclas_ros.deploy.cache import MANIFEST, ensure_artefact
 from flowclas_ros.deploy.errors import ArtefactError
-from flowclas_ros.deploy.quantize import calibration_images, calibration_inputs, default_calibration, resolve_calibration
+from flowclas_ros.deploy.quantize import (
+    calibration_images,
+    calibration_inputs,
+    default_calibration,
+    head_nodes,
+    resolve_calibration,
+)
 from flowclas_ros.deploy.shapes import InputShape
 from flowclas_ros.images import write_png
 from flowclas_ros.model import EncoderConfig, FlowCLASNet, FlowConfig, save_bundle
@@ -101,8 +107,18 @@ def test_int8_artefact_runs_close_to_fp32_and_records_its_calibration(lite, tmp_
     record = json.loads((path.parent / MANIFEST).read_text())["calibration"]
     assert record["source"] == str((root / "train" / "images").resolve()) and record["frames"] == 6
     assert record["format"] == "QDQ" and record["per_channel"] is True
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert record["scope"] == "head"
+    # only the head is quantised: the encoder's convolutions read float32 weights (no DequantizeLinear before them)
+    produced_by = {o: n for n in graph.node for o in n.output}
+    quantised = {n.name for n in graph.node if n.op_type == "Conv" and any(
+        produced_by.get(i) is not None and produced_by[i].op_type == "DequantizeLinear" for i in n.input[1:2])}
+    fp32_graph = onnx.load(str(ensure_artefact(bundle, "onnx", "fp32", shape, build=False)))
+    assert quantised and quantised <= set(head_nodes(fp32_graph))
+    encoder_convs = {n.name for n in fp32_graph.graph.node if n.op_type == "Conv"} - set(head_nodes(fp32_graph))
+    assert encoder_convs and not quantised & encoder_convs
     x = torch.from_numpy(calibration_inputs(sorted((root / "train" / "images").iterdir())[:2], net.config, (64, 96))[1])
     a, b = int8(x), fp32(x)
     assert a.shape == b.shape == (1, 64, 96)
@@ -122,3 +138,15 @@ def test_export_command_int8(lite, tmp_path, capsys):
     assert "torch-export backend does not run int8" in capsys.readouterr().err
     assert main(["export", "--model", str(bundle), "--format", "onnx", "--calibration", str(frames)]) == 1
     assert "--precision int8 only" in capsys.readouterr().err
+
+
+def test_head_nodes_refuse_a_graph_without_module_scopes():
+    import onnx
+    from onnx import helper
+
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv0")  # no exporter scope metadata
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor("w", onnx.TensorProto.FLOAT, [1, 1, 1, 1], [1.0])])
+    with pytest.raises(ArtefactError, match="does not say which nodes belong to the head"):
+        head_nodes(helper.make_model(graph))

@@ -28,6 +28,7 @@ from flowclas_ros.deploy.compile import FILES, FORMATS, compile_artefact
 from flowclas_ros.deploy.errors import ArtefactError, UnsafeArtefactError
 from flowclas_ros.deploy.onnx_audit import audit_onnx
 from flowclas_ros.deploy.quantize import DEFAULT_FRAMES
+from flowclas_ros.deploy.quantize import SETTINGS as QUANTIZATION
 from flowclas_ros.deploy.shapes import InputShape
 from flowclas_ros.deploy.trust import built_here, record_built
 from flowclas_ros.errors import UserError
@@ -71,7 +72,7 @@ def artefact_key(bundle: str | Path, backend: str, precision: str, shape: InputS
     if backend not in FORMATS:
         raise ArtefactError(f"unknown export format {backend!r}; use one of {', '.join(FORMATS)}")
     _, meta = read_bundle_config(bundle)
-    return {
+    key = {
         "backend": backend,
         "precision": precision,
         "shape": shape.to_dict(),
@@ -79,6 +80,9 @@ def artefact_key(bundle: str | Path, backend: str, precision: str, shape: InputS
         "device": device_name(device),
         "weights_sha256": meta.get("weights_sha256"),
     }
+    if precision == "int8":  # an artefact quantised with other settings is stale
+        key["quantization"] = dict(QUANTIZATION)
+    return key
 
 
 def _key_hash(key: dict[str, Any]) -> str:
