@@ -15,6 +15,11 @@ permutations - and the log-likelihood of the same input must agree before anythi
 timed. Then forward, and forward + backward of the summed log-likelihood, at 1 x 768 x
 37 x 74 and 1 x 1024 x 37 x 74 (DINOv2-B/L tokens of a 518 x 1036 crop) with 8 and 16
 steps, the two implementations interleaved call by call in this one process.
+
+Both run the same convolutions through the same oneDNN kernels. The last columns profile
+our side: the share of its time spent in convolution kernels, and the speed-up an
+implementation would reach if everything else cost nothing (Amdahl's bound at unchanged
+float32 arithmetic).
 """
 
 from __future__ import annotations
@@ -106,6 +111,18 @@ def log_likelihood_freia(inn, x):
     return -0.5 * z.pow(2).sum(dim=(1, 2, 3)) + logdet
 
 
+def conv_share(fn) -> float:
+    """Fraction of ``fn``'s CPU time spent in convolution kernels (forward and backward), profiled."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
+    return conv / total
+
+
 def timed(fn, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
@@ -162,13 +179,16 @@ def main() -> None:
                     for n in (list(cases) if i % 2 == 0 else list(cases)[::-1]):
                         times[n] += timed(cases[n], 1)
                 med = {n: statistics.median(t) * 1000 for n, t in times.items()}
-                rows.append((channels, steps, mode, med["ours"], med["FrEIA"], med["FrEIA"] / med["ours"], rel))
+                share = conv_share(cases["ours"])
+                rows.append((channels, steps, mode, med["ours"], med["FrEIA"], med["FrEIA"] / med["ours"], rel, share))
                 print(f"  {channels} ch, {steps} steps, {mode}: ours {med['ours']:.0f} ms, FrEIA {med['FrEIA']:.0f} ms",
                       flush=True)
-    print("\n| input | steps | pass | ours ms | FrEIA ms | FrEIA / ours | log-lik rel. diff |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for c, s, mode, o, f, r, rel in rows:
-        print(f"| 1x{c}x37x74 | {s} | {mode} | {o:.0f} | {f:.0f} | {r:.2f} | {rel:.1e} |")
+    print("\n| input | steps | pass | ours ms | FrEIA ms | FrEIA / ours | log-lik rel. diff | conv share (ours) "
+          "| bound: 1 / conv share |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for c, s, mode, o, f, r, rel, share in rows:
+        print(f"| 1x{c}x37x74 | {s} | {mode} | {o:.0f} | {f:.0f} | {r:.2f} | {rel:.1e} | {100 * share:.0f}% "
+              f"| {1 / share:.2f}x |")
 
 
 if __name__ == "__main__":
