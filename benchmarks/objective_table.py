@@ -14,7 +14,8 @@ table resumes and ``--jobs`` runs in parallel; ``results.md`` (and, with ``--rea
 section between ``<!-- objective-table:start -->`` and ``<!-- objective-table:end -->``)
 holds mean +- standard deviation over seeds of AP (scikit-learn step AP), AUPRC
 (trapezoid), FPR95 and AUROC, in %, and the training minutes. ``--steps`` shortens runs
-for a quick look (the table then says so).
+for a quick look (the table then says so); ``--set KEY=VALUE`` adds a recipe setting to
+every run (e.g. ``--set optim.lr=1e-5``), for a variant table in its own ``--output``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _metrics(values: dict) -> dict:
 
 
 def run_one(out: str, data: str, domain: str, head: str, objective: str, seed: int, steps: int | None,
-            threads: int) -> dict:
+            threads: int, settings: tuple[str, ...] = ()) -> dict:
     """Train and evaluate one cell; returns (and stores) its result."""
     import torch
 
@@ -60,7 +61,7 @@ def run_one(out: str, data: str, domain: str, head: str, objective: str, seed: i
 
     run = Path(out) / "runs" / domain / f"{head}-{objective}-s{seed}"
     overrides = [f"data.root={data}", f"data.outliers={data}/outliers", f"objective.name={objective}",
-                 f"model.head={head}", f"run.seed={seed}"] + ([f"optim.steps={steps}"] if steps else [])
+                 f"model.head={head}", f"run.seed={seed}"] + ([f"optim.steps={steps}"] if steps else []) + list(settings)
     config = load_train_config("folder", overrides)
     start = time.perf_counter()
     bundle = train(config, run, progress=False)
@@ -138,6 +139,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--data-seed", type=int, default=1, help="flowclas synth --seed of the datasets")
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's steps (quick looks)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra recipe setting for every run (repeatable; use its own --output)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each unless --threads)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--readme", default=None, help="also replace the marked table section of this file")
@@ -153,7 +156,7 @@ def main() -> None:
              for o in args.objectives if (d, h, o, s) not in done]
     command = "python benchmarks/objective_table.py " + " ".join(
         [f"--output {args.output}", f"--domains {' '.join(args.domains)}", f"--seeds {' '.join(map(str, args.seeds))}"]
-        + ([f"--steps {args.steps}"] if args.steps else []))
+        + ([f"--steps {args.steps}"] if args.steps else []) + [f"--set {kv}" for kv in args.settings])
 
     def write() -> None:
         text = table(collect(out), args.domains, command)
@@ -172,7 +175,8 @@ def main() -> None:
                 futures[pool.submit(run_gaussian, str(out), str(data[job[1]]), job[1], threads)] = job
             else:
                 _, d, h, o, s = job
-                futures[pool.submit(run_one, str(out), str(data[d]), d, h, o, s, args.steps, threads)] = job
+                futures[pool.submit(run_one, str(out), str(data[d]), d, h, o, s, args.steps, threads,
+                                       tuple(args.settings))] = job
         for future in as_completed(futures):
             r = future.result()
             print(f"{r['domain']} {r['head']}+{r['objective']} seed {r['seed']}: AP {r['ap']:.1f} "
