@@ -114,6 +114,20 @@ def _compressed(driver, data: bytes, fmt: str, frame_id="camera"):
     return msg
 
 
+def _publish_rejected(driver, rosout: list, topic: str, msg, timeout: float = 30.0) -> None:
+    """Publish a frame the node must reject and wait for its rejection line on /rosout.
+
+    The node keeps only the latest waiting frame, so a frame sent next while the worker is still
+    busy would replace this one unseen: callers send nothing else until the line arrived."""
+    msg.header.stamp = driver.node.get_clock().now().to_msg()
+    stamped = f"stamped {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}"
+    driver.publish(topic, msg)
+    deadline = time.monotonic() + timeout
+    while not any(stamped in m.msg for m in rosout) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(stamped in m.msg for m in rosout), f"no rejection line {stamped!r}"
+
+
 def test_outputs_latching_parameters_hostile_frames_and_sigterm(node_process, driver):
     from rclpy.parameter import Parameter  # noqa: F401  (rclpy importable: fixtures checked)
 
@@ -151,8 +165,7 @@ def test_outputs_latching_parameters_hostile_frames_and_sigterm(node_process, dr
     empty = driver.image()
     empty.data = b""
     for bad in (wrong_encoding, bad_step, empty):
-        driver.publish(CAMERA, bad)
-        time.sleep(0.3)
+        _publish_rejected(driver, rosout, CAMERA, bad)
         good.header.stamp = driver.node.get_clock().now().to_msg()
         driver.exchange(CAMERA, good, "/anomaly_score")
     values, status = _diag_values(driver, len(driver.subscribe("/diagnostics")) + 2)
@@ -181,8 +194,10 @@ def test_outputs_latching_parameters_hostile_frames_and_sigterm(node_process, dr
 
 def test_compressed_input_huge_png_and_sigint(node_process, driver):
     from PIL import Image as PILImage
+    from rcl_interfaces.msg import Log
 
     scores = driver.subscribe("/anomaly_score")
+    rosout = driver.subscribe("/rosout", Log, latched=False)
     node = _start(node_process, {"use_compressed": True})
     topic = CAMERA + "/compressed"
     rgb = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
@@ -195,10 +210,8 @@ def test_compressed_input_huge_png_and_sigint(node_process, driver):
     assert (score.height, score.width, score.encoding, score.header.frame_id) == (480, 640, "32FC1", "cam_c")
 
     started = time.monotonic()
-    driver.publish(topic, _compressed(driver, _png_header_claiming(8000, 8000), "png"))
-    time.sleep(0.5)  # the node keeps only the latest waiting frame
-    driver.publish(topic, _compressed(driver, b"\x89PNG not really", "png"))
-    time.sleep(0.5)
+    _publish_rejected(driver, rosout, topic, _compressed(driver, _png_header_claiming(8000, 8000), "png"))
+    _publish_rejected(driver, rosout, topic, _compressed(driver, b"\x89PNG not really", "png"))
     driver.exchange(topic, _compressed(driver, jpeg, "rgb8; jpeg compressed bgr8", "cam_c2"), "/anomaly_score")
     assert time.monotonic() - started < 30
     assert scores[-1].header.frame_id == "cam_c2"
