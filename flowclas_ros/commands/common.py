@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from flowclas_ros.limits import Range
+from flowclas_ros.runtime.devices import device_problem
 from flowclas_ros.runtime.threads import MAX_THREADS
 
 T = TypeVar("T")
@@ -35,22 +36,8 @@ threads_value = number_type(int, Range(0, MAX_THREADS))  # --threads: 0 means on
 
 def device_value(text: str) -> str:
     """``--device`` values: ``cpu``, or ``cuda``/``cuda:N`` naming a GPU this machine has."""
-    if text == "cpu":
-        return text
-    import torch
-
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device is available here; use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise argparse.ArgumentTypeError(f"{text!r}: this machine has CUDA devices 0..{count - 1}")
+    if (problem := device_problem(text)) is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

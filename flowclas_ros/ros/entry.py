@@ -7,17 +7,30 @@ torch at module level; so the entry point is this module, which sets the environ
 
 from __future__ import annotations
 
+import signal
 import sys
 
 
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: list[str] | None = None) -> int:
-    """Entry point ``flowclas_node``: see :func:`flowclas_ros.ros.node.main`."""
-    from flowclas_ros.runtime.threads import prepare_environment
+    """Entry point ``flowclas_node``: see :func:`flowclas_ros.ros.node.main`.
 
-    prepare_environment()
-    from flowclas_ros.ros.node import main as node_main
+    SIGINT or SIGTERM while torch and rclpy still load (a launch file tearing the node down
+    during its first seconds) ends the process quietly with 0; once ``rclpy.init`` runs, its own
+    handlers take over both signals."""
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        from flowclas_ros.runtime.threads import prepare_environment
 
-    return node_main(args)
+        prepare_environment()
+        from flowclas_ros.ros.node import main as node_main
+
+        return node_main(args)
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

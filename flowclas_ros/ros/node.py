@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import re
 import sys
 import threading
 import time
@@ -25,11 +26,16 @@ import time
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import NameValidationException, ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle.node import LifecycleNodeMixin
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
+from rclpy.validate_namespace import validate_namespace
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -38,6 +44,7 @@ from flowclas_ros.errors import FlowclasError
 from flowclas_ros.ros.logging_bridge import forward_to
 from flowclas_ros.ros.messages import rclpy_factory
 from flowclas_ros.ros.parameters import PARAMETERS, check_parameters
+from flowclas_ros.runtime.devices import device_problem
 from flowclas_ros.runtime.scheduling import LatestSlot
 from flowclas_ros.runtime.stats import FrameStats
 from flowclas_ros.runtime.threads import configure_threads
@@ -70,6 +77,8 @@ class _DetectorCore:
             raise ValueError(reason)
         if not values["model"]:
             raise ValueError("parameter 'model' (a bundle directory) is required")
+        if (problem := device_problem(values["device"])) is not None:
+            raise ValueError(problem)
         return values
 
     def _configure(self, values: dict, shared: dict | None) -> None:
@@ -123,7 +132,9 @@ class _DetectorCore:
             self.subscription = self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
         else:
             self.subscription = self.create_subscription(Image, "image", self._on_image, qos)
-        self.diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+        # a steady clock: with use_sim_time and no /clock yet, a ROS-time timer would never fire
+        # and the node would look dead on /diagnostics
+        self.diag_timer = self.create_timer(1.0, self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._stopping = False
         self.worker = threading.Thread(target=self._work, name=f"flowclas-{self.get_fully_qualified_name()}", daemon=True)
         self.worker.start()
@@ -233,6 +244,10 @@ class _DetectorCore:
     def _publish_diagnostics(self) -> None:
         if self._stopping_or_down():
             return
+        if self.get_clock().now().nanoseconds == 0 and not getattr(self, "_warned_no_clock", False):
+            self._warned_no_clock = True  # once: sim time stays 0 until the first /clock message
+            self.get_logger().warning("use_sim_time is true but no /clock message has arrived: label_info and "
+                                      "/diagnostics are stamped 0 (outputs keep their input's stamp)")
         level, message = self.stats.level()
         status = DiagnosticStatus(
             level=bytes([level]),
@@ -291,11 +306,33 @@ class ManagedDetectorNode(_DetectorCore, LifecycleNode):
         """Load the model, create the outputs."""
         try:
             self._configure(self.values, self.shared)
-        except (FlowclasError, OSError, ValueError) as exc:
+        except Exception as exc:  # rclpy would swallow it unlogged: say why, stay unconfigured
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info("configured: model loaded")
         return TransitionCallbackReturn.SUCCESS
+
+    def _LifecycleNodeMixin__on_change_state(self, request, response):
+        """The ChangeState service, refusing a transition the current state does not have.
+
+        rclpy (Jazzy) raises RCLError out of the service callback for such a request, which
+        ends the executor and the process (ros2/rclpy#1209, fixed upstream after the Jazzy
+        wheels). rclpy binds the service to this name-mangled attribute, so overriding it
+        puts the check in front.
+        """
+        wanted = request.transition
+        available = self._state_machine.available_transitions  # (id, label, start id, start label, ...)
+        if not any((wanted.label and wanted.label == t[1]) or (not wanted.label and wanted.id == t[0])
+                   for t in available):
+            state = self._state_machine.current_state[1]
+            name = wanted.label or next((t[1] for t in self._state_machine.transition_graph if t[0] == wanted.id),
+                                        f"id {wanted.id}")
+            self.get_logger().warning(
+                f"transition {name} refused: not available in state {state} "
+                f"(available: {', '.join(t[1] for t in available) or 'none'})")
+            response.success = False
+            return response
+        return LifecycleNodeMixin._LifecycleNodeMixin__on_change_state(self, request, response)  # type: ignore[attr-defined]
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe and start the worker."""
@@ -325,23 +362,52 @@ class ManagedDetectorNode(_DetectorCore, LifecycleNode):
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> int:
-    """Entry point ``flowclas_node [--cameras NS [NS ...]] [--ros-args ...]``."""
-    rclpy.init(args=args)
-    forward_to(rclpy.logging.get_logger(NODE_NAME))
+# What a bad parameter, parameter file, namespace or device looks like from rclpy and torch:
+# reported as one line, not a traceback.
+_STARTUP_ERRORS = (FlowclasError, OSError, ValueError, ParameterException, NameValidationException, _rclpy.RCLError)
+
+
+def _parse(args: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="flowclas_node", description="FlowCLAS anomaly detector node")
     parser.add_argument("--cameras", nargs="+", default=[""], metavar="NS", help="camera namespaces served by this process")
     parser.add_argument("--managed", action="store_true", help="lifecycle nodes: start unconfigured, driven by "
                         "lifecycle_msgs/ChangeState (configure, activate, deactivate, cleanup, shutdown)")
     options = parser.parse_args(remove_ros_args(args if args is not None else sys.argv)[1:])
-    nodes, shared = [], {}
+    seen: set[str] = set()
+    for ns in options.cameras:
+        if (key := ns.strip("/")) in seen:
+            parser.error(f"--cameras: namespace {ns!r} given twice (two nodes would share one name)")
+        seen.add(key)
+        try:
+            if key:
+                validate_namespace("/" + key)
+        except NameValidationException as exc:
+            parser.error(f"--cameras: {_one_line(exc)}")
+    return options
+
+
+def _one_line(exc: Exception) -> str:
+    """rcl's message on one line: its C source locations and caret diagrams dropped."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip().strip("^")]
+    return re.sub(r", at /\S+:\d+", "", " ".join(lines))
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point ``flowclas_node [--cameras NS [NS ...]] [--managed] [--ros-args ...]``."""
+    nodes, shared, started = [], {}, False
     try:
         try:
+            options = _parse(args)
+            rclpy.init(args=args)
+            started = True
+            forward_to(rclpy.logging.get_logger(NODE_NAME))
             cls = ManagedDetectorNode if options.managed else DetectorNode
             nodes = [cls(namespace=ns, shared=shared) for ns in options.cameras]
             forward_to(nodes[0].get_logger())  # a node's logger: its lines reach /rosout
-        except (FlowclasError, OSError, ValueError) as exc:  # bad parameters or bundle: one line, not a traceback
-            print(f"flowclas_node: error: {exc}", file=sys.stderr)
+        except _STARTUP_ERRORS as exc:
+            if started and not rclpy.ok():  # a signal during startup shut the context down under us
+                return 0
+            print(f"flowclas_node: error: {_one_line(exc)}", file=sys.stderr)
             return 1
         executor = MultiThreadedExecutor()
         for node in nodes:

@@ -52,9 +52,14 @@ def test_managed_node_through_lifecycle_services(node_process, driver):
     node = node_process(args=["--managed"], ready=r"unconfigured: waiting")
     assert _state(driver) == "unconfigured"
     assert driver.node.count_subscribers("/image") == 0
+    # a transition the state does not have is refused, and the node lives on (rclpy#1209)
+    assert not _transition(driver, Transition.TRANSITION_ACTIVATE)
+    assert _state(driver) == "unconfigured" and "transition activate refused" in node.output()
 
     assert _transition(driver, Transition.TRANSITION_CONFIGURE)
     assert _state(driver) == "inactive" and "configured: model loaded" in node.output()
+    assert not _transition(driver, Transition.TRANSITION_CONFIGURE)  # twice: refused, still inactive
+    assert _state(driver) == "inactive"
     driver.subscribe("/label_info")
     driver.wait_for("/label_info", 1)  # outputs exist once configured
     assert driver.node.count_subscribers("/image") == 0  # ...but no input until active
