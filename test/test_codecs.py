@@ -169,6 +169,28 @@ def test_huge_compressed_image_rejected_before_decoding(size, match):
         decode_image(SimpleNamespace(format="png", data=buffer.getvalue()))
 
 
+def _png_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [10_000, 16_000], ids=["pillow-warns", "pillow-refuses"])
+def test_pillow_bomb_range_is_our_size_rejection_without_stray_warnings(side):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(MessageError, match="exceeds max_input_pixels 1000000") as info:
+            decode_image(SimpleNamespace(format="png", data=_png_header(side, side)), max_pixels=1_000_000)
+    assert info.value.reason == "size" and not caught, [str(w.message) for w in caught]
+
+
 def test_strided_data_array_is_accepted():
     msg = image_msg(RGB, "rgb8", container=np.ndarray)
     doubled = np.repeat(msg.data, 2)

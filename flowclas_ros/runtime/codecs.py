@@ -23,6 +23,7 @@ import io
 import operator
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,12 +233,22 @@ def _open_compressed(msg: Any, formats: tuple[str, ...], max_pixels: int | None 
         raise MessageError(f"compressed format {str(fmt)[:80]!r} is not one of {', '.join(formats).lower()}", "format")
     data = _buffer(_field(msg, "data")).tobytes()
     try:
-        image = Image.open(io.BytesIO(data), formats=list(formats))
+        with warnings.catch_warnings():
+            # our budget (below Pillow's) is checked from the same header just after; Pillow's own
+            # warning would only add raw stderr lines that bypass the node's log rate limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=list(formats))
         # from the header: nothing decoded yet
         _check_size(image.height, image.width, max_pixels, "compressed image")
         image.load()
     except MessageError:
         raise
+    except Image.DecompressionBombError as exc:  # a header far beyond any budget: Pillow refuses first
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" of {claimed.group(1)} pixels" if claimed else ""
+        limit = (f"max_input_pixels {max_pixels}" if max_pixels is not None and max_pixels <= MAX_FRAME_PIXELS
+                 else f"the {MAX_FRAME_PIXELS} pixel budget")
+        raise MessageError(f"compressed image{size} exceeds {limit}", "size") from None
     except Exception as exc:  # PIL raises many kinds for corrupt or hostile payloads
         raise MessageError(f"compressed image ({str(fmt)[:80]}) failed to decode: {_clean(exc)}", "decode") from exc
     return image
