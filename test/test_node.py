@@ -96,6 +96,19 @@ def test_config_yaml_matches_parameter_table():
         assert type(params[name]) is type(spec.default), name
 
 
+def test_design_doc_parameter_table_matches_parameter_table():
+    import re
+
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \|", (ROOT / "docs" / "design.md").read_text(), re.M)
+    documented = {name: default.strip().strip('`"') for name, default in rows if name in PARAMETERS}
+    assert set(documented) == set(PARAMETERS)
+    for name, spec in PARAMETERS.items():
+        default = spec.default
+        expected = str(default).lower() if isinstance(default, bool) else str(default)
+        assert documented[name].split(" ")[0] in (expected, f"{expected}.0") or (default == "" and not
+                                                                                documented[name].split(" ")[0]), name
+
+
 @pytest.mark.parametrize("name", ["detector.launch.py", "multi_camera.launch.py"])
 def test_launch_files_parse_and_declare_arguments(name):
     tree = ast.parse((ROOT / "launch" / name).read_text())
