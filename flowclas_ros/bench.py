@@ -49,6 +49,7 @@ from pathlib import Path
 
 from flowclas_ros.deploy.shapes import parse_size
 from flowclas_ros.errors import UserError
+from flowclas_ros.files import claim_folder, write_text
 
 log = logging.getLogger(__name__)
 
@@ -495,7 +496,7 @@ def run_bench(args: BenchOptions) -> dict:
     if peak is None and args.device == "cpu":
         peak, peak_source = float(f"{matmul_tflops():.4g}"), "measured: float32 torch.mm 2048x2048 on these threads"
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, ".flowclas-bench")
     rows, skipped, flops = [], [], {}
     rounds = len(sizes) * args.iters * (len(batches) + (0 if args.no_pipeline else 1))
     load = CompetingLoad(args.load_threads or None) if args.load else None
@@ -533,6 +534,6 @@ def run_bench(args: BenchOptions) -> dict:
         "results": rows,
         "skipped": skipped,
     }
-    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "bench.md").write_text(markdown(report))
+    write_text(out / "bench.json", json.dumps(report, indent=2) + "\n")
+    write_text(out / "bench.md", markdown(report))
     return report

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flowclas_ros.files import atomic_write
+
 DEMO_MODEL = Path(__file__).parent / "data" / "demo_model"
 IMAGE_TOPIC, GT_TOPIC = "/camera/image_raw", "/camera/anomaly_gt"
 MARKER = ".flowclas-demo"
@@ -143,5 +145,5 @@ def write_montage(camera_bag: Path, annotated: Path, path: Path, count: int) -> 
             ax.imshow(image, cmap=cmap, vmin=0, vmax=1) if cmap else ax.imshow(image)
             ax.set_title(f"frame at {(ts - start) / 1e9:.1f} s" if title == "frame" else title, fontsize=9)
             ax.axis("off")
-    fig.savefig(path, dpi=80)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     return path

@@ -66,6 +66,11 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         os.close(dir_fd)
 
 
+def write_text(path: Path, text: str) -> None:
+    """``text`` into ``path`` through :func:`atomic_write` (a symlink there is replaced, never followed)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def claim_folder(path: Path, marker: str, flag: str = "--output") -> bool:
     """Make ``path`` an output folder of ours, marked by the file ``marker`` inside it.
 

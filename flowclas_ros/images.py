@@ -122,7 +122,10 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
-    """Save a uint8 array (H x W or H x W x 3) as PNG."""
+    """Save a uint8 array (H x W or H x W x 3) as PNG, atomically (a symlink at ``path`` is
+    replaced, never written through)."""
     from PIL import Image
 
-    Image.fromarray(array).save(path)
+    from flowclas_ros.files import atomic_write
+
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

@@ -429,7 +429,7 @@ def replay(args: ReplayOptions, progress: bool = True) -> ReplayResult:
     from tqdm import tqdm
 
     from flowclas_ros.bagio import IMAGE_TYPES, BagWriter, open_bag, typestore
-    from flowclas_ros.files import atomic_write
+    from flowclas_ros.files import atomic_write, claim_folder
     from flowclas_ros.runtime.detector import Detector
     from flowclas_ros.runtime.messages import rosbags_factory
     from flowclas_ros.runtime.pipeline import FramePipeline
@@ -442,6 +442,7 @@ def replay(args: ReplayOptions, progress: bool = True) -> ReplayResult:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} exists and is not a folder")
+    claim_folder(out, ".flowclas-replay")  # metrics.json and replay.json replace only our own
     name = (bag_path.stem if bag_path.is_file() else bag_path.resolve().name) or "bag"
     if (out / name).exists():
         raise UserError(f"output bag {out / name} exists already; choose another output")

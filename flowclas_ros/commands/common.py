@@ -67,17 +67,22 @@ def options(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
     return cls(**{**values, **extra})
 
 
-def output_folder(path: Path, flag: str = "--output", *, empty: bool = False) -> Path:
+def output_folder(path: Path, flag: str = "--output", *, empty: bool = False, marker: str | None = None) -> Path:
     """``path`` created as a folder (with its parents) and checked writable; UserError naming
     ``flag`` when it is a file, lies under a file or cannot be created or written, or (``empty``:
-    for a command that writes a whole bundle) already holds anything, which is never overwritten."""
+    for a command that writes a whole bundle) already holds anything, which is never overwritten.
+    With ``marker``, a folder of ours (:func:`flowclas_ros.files.claim_folder`): a non-empty folder
+    without that marker is refused, since what we write there would replace the user's files."""
     from flowclas_ros.errors import UserError
+    from flowclas_ros.files import claim_folder
 
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder: name a folder")
     if empty and path.is_dir() and any(path.iterdir()):
         raise UserError(f"{flag} {path} is not empty; name a new folder (nothing in it is overwritten)")
     try:
+        if marker is not None:
+            claim_folder(path, marker, flag)
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{flag} {path}: cannot create the folder ({exc.strerror or exc})") from None

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     images = list_images(Path(args.input))
     if Path(args.input).is_file():
         read_rgb(images[0])  # one unusable file: refused in one line, before any output
-    out = output_folder(Path(args.output))
+    out = output_folder(Path(args.output), marker=".flowclas-detect")
     report = annotate_images(detector, images, out)
     done, skipped = len(report["images"]), len(report["skipped"])
     print(f"flowclas detect: {done} image(s) -> {out}" + (f" ({skipped} skipped)" if skipped else ""))

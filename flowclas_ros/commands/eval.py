@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         topics = {"image_topic": args.image_topic, "mask_topic": args.gt_topic}
         options.update({k: v for k, v in topics.items() if v})
     dataset = build_dataset(args.dataset, args.root, "test", **options)
-    out = output_folder(Path(args.output))
+    out = output_folder(Path(args.output), marker=".flowclas-eval")
     detector = Detector.from_bundle(args.model, device=args.device, precision=args.precision, backend=args.backend)
     component = None if args.component == "none" else args.component
     metrics = evaluate(detector, dataset, bins=args.bins, exact_max_pixels=args.exact_max_pixels,

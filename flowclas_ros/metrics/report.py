@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from flowclas_ros.files import write_text
+
 # Values that are fractions in the metric dicts and percentages in reports.
 PERCENT_KEYS = frozenset(
     {"ap", "auprc_trapz", "fpr95", "auroc", "f1_mean", "f1_25", "f1_50", "f1_75", "siou_gt", "ppv"}
@@ -35,5 +37,5 @@ def write_metrics_json(path: str | Path, metrics: dict, **extra) -> Path:
         raise ValueError(f"metrics lack {missing}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**as_percentages(metrics), **extra}, indent=2, allow_nan=False) + "\n")
+    write_text(path, json.dumps({**as_percentages(metrics), **extra}, indent=2, allow_nan=False) + "\n")
     return path

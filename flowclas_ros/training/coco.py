@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections import Counter
 from pathlib import Path
 
 from flowclas_ros.errors import UserError
-from flowclas_ros.images import check_size
+from flowclas_ros.files import claim_folder
+from flowclas_ros.images import check_size, write_png
 from flowclas_ros.structured import read_json
 from flowclas_ros.vocabulary import Label
 
@@ -223,6 +225,18 @@ def write_outlier(image: dict, anns: list[dict], source: Path, output: Path, cop
     from PIL import Image
 
     height, width = image["height"], image["width"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a header only: sizes are compared, nothing decoded
+            with Image.open(source) as header:
+                size = header.size
+    except Exception as exc:  # Pillow raises many kinds for files that are not images
+        _count(dropped, "unreadable image file", f"{source}: {type(exc).__name__}")
+        return False
+    if size != (width, height):
+        _count(dropped, "image size differs from its annotations",
+               f"{source} is {size[0]}x{size[1]}, the annotations say {width}x{height}")
+        return False
     objects = np.zeros((height, width), dtype=bool)
     for ann in anns:
         try:
@@ -244,7 +258,7 @@ def write_outlier(image: dict, anns: list[dict], source: Path, output: Path, cop
         else:
             target.symlink_to(source.resolve())
     mask = np.where(objects, OBJECT, 0).astype(np.uint8)
-    Image.fromarray(mask).save(output / "ood_seg_train2017" / f"{Path(image['file_name']).stem}.png")
+    write_png(output / "ood_seg_train2017" / f"{Path(image['file_name']).stem}.png", mask)
     return True
 
 
@@ -265,13 +279,18 @@ def prepare_coco(coco_root: Path, output: Path, filter_name: str, annotations: P
     if (output / "train2017").resolve() == images_dir.resolve():
         raise UserError(f"--output {output} would write into the COCO images {images_dir}: choose another folder")
     candidates, dropped = select_images(load_instances(annotations), FILTERS[filter_name], min_side)
+    claim_folder(output, ".flowclas-coco")
     (output / "train2017").mkdir(parents=True, exist_ok=True)
     (output / "ood_seg_train2017").mkdir(parents=True, exist_ok=True)
-    kept = 0
+    kept, stems = 0, set()
     for image, anns in tqdm(candidates, desc="prepare-coco", unit="img"):
         source = images_dir / image["file_name"]
+        stem = Path(image["file_name"]).stem
         if not source.is_file():
             _count(dropped, "missing image file", str(source))
+        elif stem in stems:  # masks are named by stem: a second a.png beside a.jpg would replace its mask
+            _count(dropped, "file name stem seen before", f"{image['file_name']}: another image has the stem {stem!r}")
         elif write_outlier(image, anns, source, output, copy, dropped):
             kept += 1
+            stems.add(stem)
     return kept, dropped

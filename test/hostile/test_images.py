@@ -276,6 +276,42 @@ def test_detect_refuses_unusable_output(case, tmp_path, bundle, flowclas):
     expect_refused(outcome, "--output", output)
 
 
+def test_detect_refuses_a_folder_it_did_not_create(tmp_path, bundle, flowclas):
+    (tmp_path / "a.png").write_bytes(PNG)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "a_mask.png").write_text("precious\n")
+    expect_refused(flowclas("detect", "--model", bundle, "--input", "a.png", "--output", "theirs"),
+                   "non-empty folder that flowclas did not create")
+    assert (theirs / "a_mask.png").read_text() == "precious\n"
+
+
+def test_detect_replaces_a_planted_symlink_and_never_writes_through_it(tmp_path, bundle, flowclas):
+    (tmp_path / "a.png").write_bytes(PNG)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("victim\n")
+    assert flowclas("detect", "--model", bundle, "--input", "a.png", "--output", "out", outputs=["out"]).code == 0
+    for name in ("a_mask.png", "a_score.npy", "detections.json"):  # planted into our own folder afterwards
+        (tmp_path / "out" / name).unlink()
+        (tmp_path / "out" / name).symlink_to(victim)
+    assert flowclas("detect", "--model", bundle, "--input", "a.png", "--output", "out", outputs=["out"]).code == 0
+    assert victim.read_text() == "victim\n"
+    assert not (tmp_path / "out" / "a_mask.png").is_symlink() and (tmp_path / "out" / "a_mask.png").stat().st_size > 8
+
+
+def test_detect_keeps_the_maps_of_images_sharing_a_stem(tmp_path, bundle, flowclas):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "ok.png").write_bytes(PNG)
+    Image.open(io.BytesIO(PNG)).convert("RGB").save(photos / "ok.jpg")
+    (photos / "solo.png").write_bytes(PNG)
+    assert flowclas("detect", "--model", bundle, "--input", "photos", "--output", "out", outputs=["out"]).code == 0
+    written = {p.name for p in (tmp_path / "out").glob("*_mask.png")}
+    assert written == {"ok.png_mask.png", "ok.jpg_mask.png", "solo_mask.png"}
+    report = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert report["images"]["ok.jpg"]["outputs"] == "ok.jpg" and report["images"]["solo.png"]["outputs"] == "solo"
+
+
 @pytest.mark.parametrize("threshold", ["nan", "1.5", "-0.1", "inf"])
 def test_detect_refuses_bad_threshold(threshold, tmp_path, bundle, flowclas):
     (tmp_path / "a.png").write_bytes(PNG)
@@ -512,6 +548,18 @@ def test_prepare_coco_refuses_bad_annotations_file(case, tmp_path, flowclas):
     expect_refused(_prepare(flowclas, tmp_path), needle)
 
 
+def test_prepare_coco_skips_a_second_image_with_the_same_stem_and_a_lying_size(tmp_path, flowclas):
+    root = tmp_path / "coco"
+    _coco(root, [_image(id=2, file_name="good.png"), _image(id=3, height=COCO_SIDE * 4)],
+          [_ann(SQUARE, id=2, image_id=2), _ann(SQUARE, id=3, image_id=3)])
+    (root / "train2017" / "good.png").write_bytes(encoded(noise(7, COCO_SIDE, COCO_SIDE), "PNG"))
+    outcome = _prepare(flowclas, tmp_path)
+    assert outcome.code == 0, outcome.stderr
+    assert "kept 1 of 3 images" in outcome.stdout, outcome.stdout
+    assert "stem seen before" in outcome.stdout and "size differs" in outcome.stdout, outcome.stdout
+    assert [p.name for p in (tmp_path / "prepared" / "ood_seg_train2017").iterdir()] == ["good.png"]
+
+
 def test_prepare_coco_refuses_to_write_into_the_coco_images(tmp_path, flowclas):
     _coco(tmp_path / "coco", [], [])
     outcome = flowclas("prepare-coco", "--coco-root", "coco", "--output", "coco/.", "--filter", "cityscapes",
@@ -524,6 +572,8 @@ def test_prepare_coco_keeps_a_file_it_did_not_write(tmp_path, flowclas):
     mine = tmp_path / "prepared" / "train2017" / "other.jpg"
     mine.parent.mkdir(parents=True)
     mine.write_text("the user's own file\n")
+    expect_refused(_prepare(flowclas, tmp_path), "non-empty folder that flowclas did not create")
+    (tmp_path / "prepared" / ".flowclas-coco").write_text("")  # as if an earlier run had made it, then the user added
     for _ in range(2):  # a second run replaces its own links
         outcome = _prepare(flowclas, tmp_path)
         assert outcome.code == 0 and not outcome.errors, outcome.stderr
