@@ -40,6 +40,10 @@ class Range:
 FRACTION = Range(0, 1)
 POSITIVE_FRACTION = Range(0, 1, low_open=True, high_open=True)
 INTERVAL_STEPS = Range(1, 10**8)
+# synthetic camera bags: the last stamp (frames / rate seconds) must fit a header's int32 seconds
+BAG_RATE = Range(0.01, 10_000)  # Hz
+BAG_FRAMES = Range(1, 1_000_000)
+METRIC_BINS = Range(2, 1_000_000)  # score bins of eval and replay: two int64 histograms, 16 MB at most
 
 MODEL = {
     "flow.steps": Range(1, 64),

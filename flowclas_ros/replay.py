@@ -36,6 +36,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from flowclas_ros.errors import UserError
+from flowclas_ros.limits import METRIC_BINS
 from flowclas_ros.vocabulary import Label
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,8 @@ class ReplayOptions:
             raise UserError(f"--max-frames must be at least 1, got {self.max_frames}")
         if self.min_area < 0:
             raise UserError(f"--min-area must be >= 0, got {self.min_area}")
-        if self.bins < 2:
-            raise UserError(f"--bins must be at least 2, got {self.bins}")
+        if not METRIC_BINS.contains(self.bins):
+            raise UserError(f"--bins must be in {METRIC_BINS}, got {self.bins}")
         if self.gt_topic and self.gt_folder:
             raise UserError("give either --gt-topic or --gt-folder, not both")
 

@@ -157,8 +157,14 @@ def test_command_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "bad", [["--height", "8"], ["--train", "-1"], ["--seed", "-2"], ["--bag", "x", "--bag-frames", "0"]]
+    "bad", [["--height", "8"], ["--train", "-1"], ["--seed", "-2"], ["--bag", "x", "--bag-frames", "0"],
+            ["--bag", "x", "--bag-rate", "1e-300"], ["--bag", "x", "--bag-rate", "1e-9"],
+            ["--bag", "x", "--bag-rate", "inf"], ["--bag", "o/bag"]],
+    ids=["height", "train", "seed", "frames", "tiny-rate", "int32-overflow-rate", "inf-rate", "bag-inside-output"],
 )
 def test_command_rejects_bad_input(tmp_path, capsys, bad):
+    bad = [str(tmp_path / a) if a in ("x", "o/bag") else a for a in bad]
     assert main(["synth", "--output", str(tmp_path / "o"), *bad]) == 1
-    assert "error" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flowclas_ros.commands.common import add_inference_arguments, output_folder
+from flowclas_ros.commands.common import add_inference_arguments, number_type, output_folder
 from flowclas_ros.errors import UserError
-
-MAX_BINS = 1_000_000  # two int64 histograms of this many bins: 16 MB
+from flowclas_ros.limits import METRIC_BINS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--image-topic", help="with --dataset rosbag: the camera topic (default /camera/image_raw)")
     parser.add_argument("--gt-topic", help="with --dataset rosbag: the mask topic (default /camera/anomaly_gt)")
-    parser.add_argument("--bins", type=int, default=2000, help="thresholds of the binned metrics and curves")
+    parser.add_argument("--bins", type=number_type(int, METRIC_BINS), default=2000,
+                        help="thresholds of the binned metrics and curves")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--num-overlays", type=int, default=4, help="heatmap overlays to write")
     parser.add_argument("--component", default="none", choices=("none", *TRACKS),
@@ -38,13 +38,11 @@ def run(args: argparse.Namespace) -> int:
     from flowclas_ros.training.datasets import build_dataset
     from flowclas_ros.training.evaluate import evaluate
 
-    for flag, value, lowest in (("--bins", args.bins, 2), ("--max-images", args.max_images, 1),
+    for flag, value, lowest in (("--max-images", args.max_images, 1),
                                 ("--num-overlays", args.num_overlays, 0),
                                 ("--exact-max-pixels", args.exact_max_pixels, 0)):
         if value is not None and value < lowest:
             raise UserError(f"{flag} must be at least {lowest}, got {value}")
-    if args.bins > MAX_BINS:
-        raise UserError(f"--bins must be at most {MAX_BINS}, got {args.bins}")
     options = {} if args.max_images is None else {"max_images": args.max_images}
     if args.dataset == "rosbag":
         topics = {"image_topic": args.image_topic, "mask_topic": args.gt_topic}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from flowclas_ros.commands.common import add_inference_arguments, options
+from flowclas_ros.commands.common import add_inference_arguments, number_type, options
+from flowclas_ros.limits import METRIC_BINS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True, help="write anomaly_overlay")
     parser.add_argument("--realtime", action="store_true", help="drop frames as the live node would at the bag's rate")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many image frames")
-    parser.add_argument("--bins", type=int, default=2000, help="score bins of the streaming metrics")
+    parser.add_argument("--bins", type=number_type(int, METRIC_BINS), default=2000, help="score bins of the streaming metrics")
     parser.add_argument("--components", action="store_true", help="also compute component metrics (SMIYC anomaly track)")
     parser.add_argument("--max-input-pixels", type=int, default=None,
                         help=f"largest frame accepted, width x height, checked before decoding (default {MAX_FRAME_PIXELS})")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from flowclas_ros.errors import UserError
 from flowclas_ros.files import claim_folder, naming, remove_entries
+from flowclas_ros.limits import BAG_FRAMES, BAG_RATE
 from flowclas_ros.synthetic.objects import SPLITS, sources
 from flowclas_ros.synthetic.samples import ANOMALY, INLIER, OBJECT, VOID, preview, sequence, write_dataset
 
@@ -41,10 +42,13 @@ def _validate(args: SynthOptions) -> None:
     if args.seed < 0:
         raise UserError(f"--seed must be zero or more, got {args.seed}")
     if args.bag is not None:
-        if args.bag_frames < 1:
-            raise UserError(f"--bag-frames must be at least 1, got {args.bag_frames}")
-        if not args.bag_rate > 0:
-            raise UserError(f"--bag-rate must be positive, got {args.bag_rate}")
+        if not BAG_FRAMES.contains(args.bag_frames):
+            raise UserError(f"--bag-frames must be in {BAG_FRAMES}, got {args.bag_frames}")
+        if not BAG_RATE.contains(args.bag_rate):
+            raise UserError(f"--bag-rate must be in {BAG_RATE} Hz, got {args.bag_rate}")
+        bag, output = Path(args.bag).resolve(), Path(args.output).resolve()
+        if bag == output or output in bag.parents:
+            raise UserError(f"--bag {args.bag} lies in the dataset folder {args.output}: name a bag outside it")
         if Path(args.bag).exists():
             raise UserError(f"--bag {args.bag} already exists; rosbag2 writes a new folder")
 
