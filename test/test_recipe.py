@@ -97,3 +97,17 @@ def test_an_explicit_input_size_wins(tmp_path):
 def test_every_domain_tests_on_object_kinds_it_never_pastes(domain):
     train, test = {s.name for s in sources(domain, "train")}, {s.name for s in sources(domain, "test")}
     assert train and test and not train & test
+
+
+@pytest.mark.parametrize("root", ["null", "2024", "yes", "a: b", "data #1", "[x]"])
+def test_train_flags_are_taken_as_given_not_parsed_as_yaml(root):
+    import argparse
+
+    from flowclas_ros.commands.train import add_arguments, overrides
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--config", "synthetic", "--output", "o", "--data-root", root, "--outliers", root,
+                              "--set", "optim.steps=7"])
+    config = load_train_config("synthetic", overrides(args))
+    assert config.data.root == root and config.data.outliers == root and config.optim.steps == 7

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from flowclas_ros.commands.common import add_threads_argument, device_value, number_type
 from flowclas_ros.limits import Range
@@ -45,10 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="save N pasted training samples to RUN/pasting_preview.png first (0: off)")
 
 
-def overrides(args: argparse.Namespace) -> list[str]:
-    """``--set`` values plus the everyday flags, flags last (they win)."""
-    return list(args.set) + [f"{key}={getattr(args, flag)}" for flag, key in FLAGS.items()
-                             if getattr(args, flag) is not None]
+def overrides(args: argparse.Namespace) -> list[str | tuple[str, Any]]:
+    """``--set`` values (YAML) plus the everyday flags as (key, value) pairs, flags last (they win)."""
+    return [*args.set, *((key, getattr(args, flag)) for flag, key in FLAGS.items() if getattr(args, flag) is not None)]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -260,16 +260,18 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a nested dict copy."""
+def apply_overrides(data: dict[str, Any], overrides: list[str | tuple[str, Any]]) -> dict[str, Any]:
+    """Apply overrides to a nested dict copy: ``dotted.key=value`` strings (``--set``: the value
+    parsed as YAML) or ``(dotted.key, value)`` pairs (a flag's value, taken as it is: a folder
+    named ``null`` or ``data #1`` stays that string)."""
     import copy
 
     data = copy.deepcopy(data)
     for item in overrides:
-        key, sep, raw = item.partition("=")
+        key, sep, raw = (item[0], "=", "") if isinstance(item, tuple) else item.partition("=")
         parts = key.split(".")
         if not sep or not all(parts):
-            raise ConfigError(f"--set {_short(item)} is not of the form dotted.key=value")
+            raise ConfigError(f"--set {_short(str(item))} is not of the form dotted.key=value")
         node = data
         *parents, leaf = parts
         for part in parents:
@@ -278,6 +280,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {part} is not a mapping")
+        if isinstance(item, tuple):
+            node[leaf] = item[1]
+            continue
         try:
             node[leaf] = load_yaml(raw, f"--set {key}")
         except UserError as exc:

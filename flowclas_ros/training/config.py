@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+def load_train_config(path: str | Path | None, overrides: Sequence[str | tuple[str, Any]] = ()) -> TrainConfig:
     """A recipe by file path or by name (``synthetic``, ``folder``, ``allo``, ``cityscapes``)."""
     data: dict[str, Any] = {}
     if path:
