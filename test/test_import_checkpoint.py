@@ -201,7 +201,7 @@ def test_only_tensors_are_read(tmp_path):
     lightning = tmp_path / "lightning.ckpt"
     with open(lightning, "wb") as f:
         torch.save({"state_dict": {"model.norms.0.weight": torch.ones(2)}, "transform": _Transform()}, f)
-    with pytest.raises(CheckpointError, match=r"weights_only=True.*state_dict"):
+    with pytest.raises(CheckpointError, match=r"pickles objects besides tensors.*state_dict"):
         read_checkpoint(lightning)
     odd = tmp_path / "odd.pt"
     torch.save({"model.norms.0.weight": torch.ones(2), "model.note": "hello"}, odd)
@@ -244,3 +244,37 @@ def test_weight_decay_sorts_every_tensor_like_its_authors_counterpart(checkpoint
     assert len(pairs) == len(trainable)
     for mine, theirs in pairs.items():
         assert decays(mine) == _authors_decays("model." + theirs), (mine, theirs)
+
+
+def _zip_bomb(path, inflated: int) -> None:
+    """A torch.save zip whose one data entry is re-written deflated: tiny on disk, ``inflated`` bytes inside."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    torch.save({"model.norms.0.weight": torch.zeros(10)}, buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as source, zipfile.ZipFile(path, "w") as bomb:
+        for info in source.infolist():
+            if info.filename.endswith("/data/0"):
+                bomb.writestr(info.filename, b"\0" * inflated, compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                bomb.writestr(info, source.read(info.filename))
+
+
+def test_zip_bomb_is_refused_from_the_directory_and_empty_file_is_one_clear_line(tmp_path):
+    import tracemalloc
+
+    bomb = tmp_path / "bomb.pt"
+    _zip_bomb(bomb, 64 << 20)
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    with pytest.raises(CheckpointError, match="inflate to .* bytes from a .*-byte file"):
+        read_checkpoint(bomb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20  # refused before the 64 MB entry is inflated
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="cannot read .* as a torch weights file: EOFError") as info:
+        read_checkpoint(empty)
+    assert "Lightning" not in str(info.value)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import re
 from pathlib import Path
 
@@ -55,6 +56,7 @@ from flowclas_ros.model.encoders import EncoderConfig, WeightsError
 from flowclas_ros.model.encoders.dinov2 import VIT_SPECS, DINOv2Encoder, load_backbone, load_reins
 from flowclas_ros.model.flow import split_channels
 from flowclas_ros.model.network import FlowCLASNet
+from flowclas_ros.model.torch_files import load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +98,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"cannot read {path} as safetensors: {exc}") from None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickled objects, corrupt file: all unusable here
+        data = load_tensors(path)
+    except UserError as exc:
+        raise CheckpointError(str(exc)) from None
+    except pickle.UnpicklingError:  # weights_only met a pickled object: a Lightning checkpoint
         raise CheckpointError(
-            f"{path} cannot be read with torch.load(weights_only=True) ({type(exc).__name__}); a Lightning "
-            "checkpoint pickles objects besides tensors. Where you trust the file and have the authors' "
-            "environment, save its tensors alone: python -c \"import torch; c = torch.load('IN.ckpt', "
-            "weights_only=False); torch.save(c['state_dict'], 'state_dict.pt')\"; then import state_dict.pt"
+            f"{path} pickles objects besides tensors (a Lightning checkpoint does). Where you trust the file "
+            "and have the authors' environment, save its tensors alone: python -c \"import torch; c = "
+            "torch.load('IN.ckpt', weights_only=False); torch.save(c['state_dict'], 'state_dict.pt')\"; "
+            "then import state_dict.pt"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not a torch file
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise CheckpointError(f"cannot read {path} as a torch weights file: {type(exc).__name__}"
+                              + (f": {first}" if first else "")) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not data:

@@ -17,6 +17,7 @@ import yaml
 
 from flowclas_ros.errors import UserError
 from flowclas_ros.files import atomic_write, claim_folder, naming, remove_entries
+from flowclas_ros.model.torch_files import load_tensors
 from flowclas_ros.structured import expect_mapping, read_yaml
 from flowclas_ros.training.config import TrainConfig
 
@@ -122,7 +123,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint written by this trainer (tensors and plain values only: no unpickling of code)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
         raise UserError(f"cannot read checkpoint {path} ({_gist(exc)}); {START_OVER}") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or not isinstance(state.get("model"), dict):

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from flowclas_ros.errors import UserError
+from flowclas_ros.model.torch_files import load_tensors
 
 
 class WeightsError(UserError):
@@ -134,7 +134,7 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
         if file.suffix == ".safetensors":
             state = load_file(str(file), device="cpu")
         else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = load_tensors(file)
     except Exception as err:  # unreadable, corrupt, or pickles non-tensor objects
         first = (str(err).strip().splitlines() or [""])[0][:200]
         raise WeightsError(
