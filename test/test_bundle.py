@@ -130,3 +130,29 @@ def test_pickle_payload_cannot_execute(bundle, tmp_path, monkeypatch):
     with pytest.raises(BundleError, match="cannot read"):
         load_bundle(bundle)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_relative_encoder_weights_mean_beside_the_bundle_not_the_working_directory(tmp_path, monkeypatch):
+    import shutil
+
+    from flowclas_ros.model.encoders import EncoderConfig
+    from flowclas_ros.model.encoders.efficientnet import packaged_weights_path
+
+    packaged = packaged_weights_path()
+    workdir = tmp_path / "made_here"
+    workdir.mkdir()
+    shutil.copyfile(packaged, workdir / "enc.pth")
+    monkeypatch.chdir(workdir)
+    encoder = EncoderConfig(name="efficientnet_lite0", layers=[2, 4], weights="enc.pth", input_size=(64, 96))
+    bundle = save_bundle(FlowCLASNet(small_config(encoder=encoder)), tmp_path / "bundle")
+    saved = json.loads((bundle / CONFIG_FILE).read_text())["model"]["encoder"]["weights"]
+    assert saved == str(workdir / "enc.pth")  # made absolute: what the path meant when saved
+
+    meta = json.loads((bundle / CONFIG_FILE).read_text())
+    meta["model"]["encoder"]["weights"] = "enc.pth"  # a hand-made, portable bundle
+    (bundle / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=str(bundle.resolve() / "enc.pth")):
+        load_bundle(bundle)  # the working directory's enc.pth is never picked up
+    shutil.copyfile(packaged, bundle / "enc.pth")
+    monkeypatch.chdir(tmp_path)
+    assert load_bundle(bundle).config.encoder.weights == str(bundle.resolve() / "enc.pth")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -41,6 +42,23 @@ class BundleError(UserError):
     """A bundle is missing, corrupt, of another format version, or inconsistent."""
 
 
+def _rebase_weight_paths(model: Any, base: Path) -> None:
+    """Make the relative weight file paths in a model config dict (``encoder.weights``,
+    ``encoder.options.rein.weights``) absolute against ``base``; names such as ``package``,
+    URLs and anything not a string are left alone."""
+    encoder = model.get("encoder") if isinstance(model, dict) else None
+    if not isinstance(encoder, dict):
+        return
+    options = encoder.get("options")
+    rein = options.get("rein") if isinstance(options, dict) else None
+    for holder in (encoder, rein):
+        if not isinstance(holder, dict):
+            continue
+        ref = holder.get("weights")
+        if isinstance(ref, str) and ref and ref != "package" and "://" not in ref and not Path(ref).is_absolute():
+            holder["weights"] = str(base / ref)
+
+
 def save_bundle(model: FlowCLASNet, directory: str | Path) -> Path:
     """Write ``model`` as a bundle directory (created if needed); returns its path."""
     directory = Path(directory)
@@ -57,6 +75,7 @@ def save_bundle(model: FlowCLASNet, directory: str | Path) -> Path:
         "weights_sha256": sha256(weights),
         "model": model.config.to_dict(),
     }
+    _rebase_weight_paths(meta["model"], Path.cwd())  # what a relative path meant when the bundle was made
     text = json.dumps(meta, indent=2) + "\n"
     atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
     return directory
@@ -88,6 +107,8 @@ def read_bundle_config(directory: str | Path) -> tuple[ModelConfig, dict]:
             f"{path} has bundle format version {repr(found)[:40]}; this flowclas reads version "
             f"{FORMAT_VERSION}{hint}"
         )
+    # a relative weights path in a bundle means beside the bundle, never the working directory
+    _rebase_weight_paths(meta.get("model"), directory.resolve())
     try:
         config = ModelConfig.from_dict(meta.get("model"))
     except ConfigError as exc:
