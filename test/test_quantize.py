@@ -150,3 +150,20 @@ def test_head_nodes_refuse_a_graph_without_module_scopes():
                               [helper.make_tensor("w", onnx.TensorProto.FLOAT, [1, 1, 1, 1], [1.0])])
     with pytest.raises(ArtefactError, match="does not say which nodes belong to the head"):
         head_nodes(helper.make_model(graph))
+
+
+def test_calibration_skips_unreadable_images_and_refuses_when_none_is_left(tmp_path, caplog):
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    write_png(folder / "a.png", np.full((20, 30, 3), 90, np.uint8))
+    (folder / "b.png").write_bytes(b"not a png")
+    config = small_config()
+    with caplog.at_level("WARNING"):
+        inputs = calibration_inputs(calibration_images(folder), config, (64, 96))
+    assert len(inputs) == 1 and inputs[0].shape == (1, 3, 64, 96)
+    assert any("b.png" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ArtefactError, match="none of the 1 calibration images"):
+        calibration_inputs([folder / "b.png"], config, (64, 96))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ArtefactError, match="is not a folder"):
+        calibration_images(tmp_path / "file")

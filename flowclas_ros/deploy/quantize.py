@@ -33,6 +33,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from flowclas_ros.deploy.errors import ArtefactError
+from flowclas_ros.errors import UserError
 from flowclas_ros.images import IMAGE_SUFFIXES, read_rgb
 from flowclas_ros.model.config import ModelConfig
 
@@ -57,8 +58,10 @@ def calibration_images(source: str | Path, frames: int = DEFAULT_FRAMES) -> list
     folder = Path(source)
     if (folder / "train" / "images").is_dir():
         folder = folder / "train" / "images"
-    if not folder.is_dir():
+    if not folder.exists():
         raise ArtefactError(f"calibration folder {source} does not exist")
+    if not folder.is_dir():
+        raise ArtefactError(f"calibration folder {source} is not a folder")
     images = _images_in(folder)
     if not images:
         raise ArtefactError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in calibration folder {folder}")
@@ -97,7 +100,9 @@ def resolve_calibration(config: ModelConfig, source: str | Path | None) -> Path:
 
 
 def calibration_inputs(paths: Sequence[Path], config: ModelConfig, size: tuple[int, int]) -> list[np.ndarray]:
-    """Each image as the detector feeds it to the model: ``1 x 3 x H x W`` float32, normalised."""
+    """Each image as the detector feeds it to the model: ``1 x 3 x H x W`` float32, normalised.
+
+    Unreadable images are skipped with a warning; ArtefactError when none is left."""
     import torch
     import torch.nn.functional as F
 
@@ -105,11 +110,17 @@ def calibration_inputs(paths: Sequence[Path], config: ModelConfig, size: tuple[i
     std = torch.tensor(config.std).view(1, 3, 1, 1)
     out = []
     for path in paths:
-        frame = np.array(read_rgb(path))  # writable and contiguous, for torch
+        try:
+            frame = np.array(read_rgb(path))  # writable and contiguous, for torch
+        except UserError as exc:
+            log.warning("calibration: skipped %s", exc)
+            continue
         x = torch.from_numpy(frame[None]).permute(0, 3, 1, 2).float().div_(255.0)
         if tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
         out.append(((x - mean) / std).numpy())
+    if not out:
+        raise ArtefactError(f"none of the {len(paths)} calibration images could be read")
     return out
 
 
