@@ -388,10 +388,16 @@ class BagReader:
                 streams.append(stream(index, reader, theirs))
         merged = heapq.merge(*streams, key=lambda message: message[1])
         count = 0
+        # the count the bag's own index (metadata or mcap summary) promises: a damaged chunk can
+        # end the storage library's stream early without an error
+        promised = sum(c.msgcount for c in (connections or self.connections)) if start is None and stop is None else 0
         while True:
             try:
                 message = next(merged)
             except StopIteration:
+                if count < promised:
+                    raise DamagedBagError(f"bag {self.path} is damaged: its index lists {promised} messages, "
+                                          f"only {count} could be read") from None
                 return
             except Exception as exc:  # sqlite, mcap and zstd raise many kinds on damaged files
                 raise DamagedBagError(f"bag {self.path} is damaged after {count} messages: {_one_line(exc)}") from None

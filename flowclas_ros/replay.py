@@ -443,7 +443,6 @@ def replay(args: ReplayOptions, progress: bool = True) -> ReplayResult:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} exists and is not a folder")
-    claim_folder(out, ".flowclas-replay")  # metrics.json and replay.json replace only our own
     name = (bag_path.stem if bag_path.is_file() else bag_path.resolve().name) or "bag"
     if (out / name).exists():
         raise UserError(f"output bag {out / name} exists already; choose another output")
@@ -468,6 +467,7 @@ def replay(args: ReplayOptions, progress: bool = True) -> ReplayResult:
         evaluation = None
         if args.gt_topic or truth_folder:
             evaluation = Evaluation(args.bins, detector.threshold, args.components)
+        claim_folder(out, ".flowclas-replay")  # metrics.json and replay.json replace only our own
         started = time.perf_counter()
         with BagWriter(out / name, args.storage) as bag, tqdm(total=total, desc="replay", unit="frame",
                                                                 disable=not progress) as bar:

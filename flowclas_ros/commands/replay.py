@@ -49,6 +49,6 @@ def run(args: argparse.Namespace) -> int:
         f"{r['throughput_fps']:.1f} frames/s -> {result.output_bag}" + (f", {result.metrics}" if result.metrics else "")
     )
     if not r["processed"]:
-        why = f"rejected: {reasons}" if reasons else "the topic has no messages"
+        why = f"rejected: {reasons}" if reasons else r["damaged"] or "the topic has no messages"
         raise UserError(f"no frame of {args.image_topic} could be processed ({why})")
     return 0

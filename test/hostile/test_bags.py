@@ -421,7 +421,7 @@ def test_output_under_a_file(flowclas, tmp_path):
     (tmp_path / "file").write_text("mine")
     outcome = flowclas("replay", "--model", MODEL, "--bag", bag, "--image-topic", "/camera/image_raw",
                        "--output", "file/out")
-    expect_refused(outcome, "not a directory")
+    expect_refused(outcome, "file is a file, not a folder")
 
 
 def test_output_bag_exists(flowclas, tmp_path):
@@ -534,3 +534,30 @@ def test_bins_outside_their_range_are_a_usage_error(command, bins, flowclas):
     outcome = flowclas(command, "--model", "m", *place, "--output", "o", "--bins", bins)
     expect_refused(outcome, code=2)
     assert "--bins" in outcome.stderr and "[2, 1000000]" in outcome.stderr
+
+
+def _flip_in_first_chunk(path: Path) -> None:
+    """Flip one byte of the first record's length inside the first MCAP chunk (opcode 0x06)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = 8  # after the magic
+    while at < len(data):
+        opcode, length = data[at], struct.unpack_from("<Q", data, at + 1)[0]
+        if opcode == 0x06:
+            body = at + 9
+            compression_len = struct.unpack_from("<I", data, body + 28)[0]
+            records = body + 32 + compression_len + 8
+            data[records + 1] ^= 0xFF  # the first record's length: what follows is misparsed
+            path.write_bytes(bytes(data))
+            return
+        at += 9 + length
+    raise AssertionError("no chunk")
+
+
+def test_a_damaged_chunk_is_reported_as_damage_not_as_an_empty_topic(flowclas, tmp_path):
+    bag = camera_bag(tmp_path)
+    _flip_in_first_chunk(next(bag.glob("*.mcap")))
+    outcome = replay(flowclas, bag)
+    expect_refused(outcome, "damaged")
+    assert "has no messages" not in outcome.stderr
