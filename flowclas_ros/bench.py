@@ -327,6 +327,12 @@ def bench_resolution(args, net, config, specs, batches, size, progress, load=Non
     return rows, skipped
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether torch (CPU or CUDA) or Python ran out of memory: a size too large for this machine."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "tried to allocate" in text
+
+
 def bench_pipeline(args, config, backends, size, progress, load=None, precision=None) -> list[dict]:
     """Whole-frame rows: FramePipeline on a rosbags sensor_msgs/Image, batch 1."""
     import numpy as np
@@ -508,7 +514,14 @@ def run_bench(args: BenchOptions) -> dict:
                 skipped.append({"backend": "all", "resolution": f"{size[0]}x{size[1]}",
                                 "reason": f"{config.encoder.name} runs only at its input size {config.encoder.input_size}"})
                 continue
-            new_rows, new_skipped = bench_resolution(args, net, config, specs, batches, size, progress, load)
+            try:
+                new_rows, new_skipped = bench_resolution(args, net, config, specs, batches, size, progress, load)
+            except (MemoryError, RuntimeError) as exc:
+                if not _out_of_memory(exc):
+                    raise
+                reason = f"out of memory at {size[0]}x{size[1]}: {str(exc).strip().splitlines()[0][:160]}"
+                log.warning("skipped %s", reason)
+                new_rows, new_skipped = [], [{"backend": "all", "resolution": f"{size[0]}x{size[1]}", "reason": reason}]
             rows += new_rows
             skipped += new_skipped
             if new_rows:

@@ -8,14 +8,17 @@ logger to its ROS logger instead (``flowclas_ros.ros.logging_bridge``).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 LOGGER = "flowclas_ros"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # newlines, escape sequences: from file names, never ours
 
 
 def configure(command: str, verbose: bool = False) -> None:
-    """Send the package's log records to stderr as ``flowclas COMMAND: level: message``."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Send the package's log records to stderr as ``flowclas COMMAND: level: message``, one
+    line each (control characters escaped), above any progress bar."""
+    handler = _BarSafeHandler(sys.stderr)
     handler.setFormatter(_CommandFormatter(command))
     logger = logging.getLogger(LOGGER)
     logger.handlers[:] = [handler]
@@ -30,4 +33,18 @@ class _CommandFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
-        return f"flowclas {self.command}: {level}{record.getMessage()}"
+        message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], record.getMessage())
+        return f"flowclas {self.command}: {level}{message}"
+
+
+class _BarSafeHandler(logging.StreamHandler):
+    """Writes through ``tqdm.write``: a line logged while a progress bar runs lands above the
+    bar instead of being glued to its end."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # as logging.StreamHandler: a failing handler must not end the run
+            self.handleError(record)

@@ -74,3 +74,30 @@ def test_bench_rejects_bad_options(bundle, tmp_path, capsys):
     assert "unknown precision in torch:int4" in capsys.readouterr().err
     assert main(["bench", "--model", str(bundle), "--resolutions", "480by640", "--output", str(tmp_path)]) == 1
     assert "HEIGHTxWIDTH" in capsys.readouterr().err
+
+
+def test_a_resolution_too_large_for_memory_is_a_skipped_row(bundle, tmp_path, monkeypatch):
+    import flowclas_ros.bench as bench
+
+    real = bench.bench_resolution
+
+    def short_of_memory(args, net, config, specs, batches, size, *rest):
+        if tuple(size) == (64, 96):
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough memory: "
+                               "you tried to allocate 2147483648 bytes.")
+        return real(args, net, config, specs, batches, size, *rest)
+
+    monkeypatch.setattr(bench, "bench_resolution", short_of_memory)
+    out = tmp_path / "bench"
+    argv = ["bench", "--model", str(bundle), "--backends", "torch", "--resolutions", "32x48,64x96", "--warmup", "1",
+            "--iters", "2", "--peak-tflops", "0.5", "--no-pipeline", "--output", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert {r["resolution"] for r in report["results"]} == {"32x48"}
+    assert [s["resolution"] for s in report["skipped"]] == ["64x96"] and "out of memory" in report["skipped"][0]["reason"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_bench_refuses_a_peak_that_is_not_a_positive_number(bundle, tmp_path, value):
+    with pytest.raises(SystemExit):
+        main(["bench", "--model", str(bundle), "--peak-tflops", value, "--output", str(tmp_path / "b")])

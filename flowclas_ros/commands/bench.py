@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from flowclas_ros.commands.common import add_threads_argument, device_value, options
+from flowclas_ros.commands.common import add_threads_argument, device_value, number_type, options
+from flowclas_ros.limits import Range
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes for the model rows")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per backend first")
     parser.add_argument("--iters", type=int, default=20, help="timed calls per backend and case")
-    parser.add_argument("--peak-tflops", type=float, default=None,
+    parser.add_argument("--peak-tflops", type=number_type(float, Range(0, 1e6, low_open=True)), default=None,
                         help="peak throughput of the hardware, TFLOP/s (default on CPU: measured float32 matmul throughput)")
     add_threads_argument(parser)
     parser.add_argument("--device", type=device_value, default="cpu", help="cpu or cuda[:N]")

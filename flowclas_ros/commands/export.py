@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 
-from flowclas_ros.commands.common import device_value
+from flowclas_ros.commands.common import device_value, number_type
 from flowclas_ros.deploy.compile import FORMATS
 from flowclas_ros.deploy.quantize import DEFAULT_FRAMES
 from flowclas_ros.deploy.shapes import InputShape, parse_size
 from flowclas_ros.errors import UserError
+from flowclas_ros.limits import INPUT_SIDE
 from flowclas_ros.model.precision import PRECISIONS, precision_refusal
 
 
@@ -23,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's flags."""
     parser.add_argument("--model", required=True, help="model bundle directory (artefacts go to BUNDLE/engines/)")
     parser.add_argument("--format", required=True, choices=FORMATS, help="artefact format")
-    parser.add_argument("--height", type=int, help="static input height (default: the bundle's input size)")
-    parser.add_argument("--width", type=int, help="static input width (default: the bundle's input size)")
+    parser.add_argument("--height", type=number_type(int, INPUT_SIDE),
+                        help="static input height (default: the bundle's input size)")
+    parser.add_argument("--width", type=number_type(int, INPUT_SIDE),
+                        help="static input width (default: the bundle's input size)")
     parser.add_argument("--min", dest="min_size", metavar="HxW", help="smallest input of a dynamic-size artefact")
     parser.add_argument("--opt", dest="opt_size", metavar="HxW", help="input size to tune for (dynamic; default --max)")
     parser.add_argument("--max", dest="max_size", metavar="HxW", help="largest input of a dynamic-size artefact")

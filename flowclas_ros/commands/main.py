@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from flowclas_ros import __version__
 from flowclas_ros.errors import FlowclasError
-from flowclas_ros.logs import configure
+from flowclas_ros.logs import LOGGER, configure
 from flowclas_ros.runtime.threads import configure_threads, prepare_environment
 
 # Command name -> (module under flowclas_ros.commands, one-line help).
@@ -54,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         configure_threads(args.threads)
     try:
         return int(args.func(args))
-    except FlowclasError as exc:
-        print(f"flowclas {args.command}: error: {exc}", file=sys.stderr)
+    except FlowclasError as exc:  # logged: one line, control characters in file names escaped
+        logging.getLogger(LOGGER).error("%s", exc)
     except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"flowclas {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename} " if exc.filename else ""
+        logging.getLogger(LOGGER).error("%s%s", where, exc.strerror or exc)
     except KeyboardInterrupt:
         print(f"flowclas {args.command}: interrupted", file=sys.stderr)
         return 130

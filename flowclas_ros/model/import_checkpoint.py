@@ -81,6 +81,11 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be read safely or does not look like the authors' FlowCLAS."""
 
 
+def _first_line(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0][:160]
+    return type(exc).__name__ + (f": {first}" if first else "")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a checkpoint: safetensors, or a torch file read with ``weights_only=True``.
 
@@ -101,17 +106,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         data = load_tensors(path)
     except UserError as exc:
         raise CheckpointError(str(exc)) from None
-    except pickle.UnpicklingError:  # weights_only met a pickled object: a Lightning checkpoint
-        raise CheckpointError(
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # no pickled class or function met: garbage bytes, not a checkpoint
+            raise CheckpointError(f"cannot read {path} as a torch weights file: {_first_line(exc)}") from None
+        raise CheckpointError(  # weights_only met a pickled object: a Lightning checkpoint
             f"{path} pickles objects besides tensors (a Lightning checkpoint does). Where you trust the file "
             "and have the authors' environment, save its tensors alone: python -c \"import torch; c = "
             "torch.load('IN.ckpt', weights_only=False); torch.save(c['state_dict'], 'state_dict.pt')\"; "
             "then import state_dict.pt"
         ) from None
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not a torch file
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise CheckpointError(f"cannot read {path} as a torch weights file: {type(exc).__name__}"
-                              + (f": {first}" if first else "")) from None
+        raise CheckpointError(f"cannot read {path} as a torch weights file: {_first_line(exc)}") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not data:

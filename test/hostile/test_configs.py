@@ -564,12 +564,12 @@ def _saved(value):
 
 
 CHECKPOINTS = {
-    "reduce-in-torch-zip": (lambda p: p.write_bytes(_evil_pickle(p.parent / "marker")), "weights_only=true"),
-    "reduce-raw-pickle": (_raw_reduce, "weights_only=true"),
-    "truncated-zip": (_truncated, "weights_only=true"),
-    "garbage": (lambda p: p.write_bytes(b"\x00garbage" * 100), "weights_only=true"),
-    "empty-file": (lambda p: p.write_bytes(b""), "weights_only=true"),
-    "zip-without-tensors": (_zip_without_data, "weights_only=true"),
+    "reduce-in-torch-zip": (lambda p: p.write_bytes(_evil_pickle(p.parent / "marker")), "pickles objects besides tensors"),
+    "reduce-raw-pickle": (_raw_reduce, "pickles objects besides tensors"),
+    "truncated-zip": (_truncated, "as a torch weights file"),
+    "garbage": (lambda p: p.write_bytes(b"\x00garbage" * 100), "as a torch weights file"),
+    "empty-file": (lambda p: p.write_bytes(b""), "as a torch weights file"),
+    "zip-without-tensors": (_zip_without_data, "as a torch weights file"),
     "a-list": (_saved([torch.ones(2)]), "does not hold a state dict"),
     "empty-dict": (_saved({}), "does not hold a state dict"),
     "non-tensor-values": (_saved({"norms.0.weight": torch.ones(2), "note": "hi"}), "not tensors: note"),

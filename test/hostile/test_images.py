@@ -299,6 +299,18 @@ def test_detect_replaces_a_planted_symlink_and_never_writes_through_it(tmp_path,
     assert not (tmp_path / "out" / "a_mask.png").is_symlink() and (tmp_path / "out" / "a_mask.png").stat().st_size > 8
 
 
+def test_file_names_cannot_forge_log_lines(tmp_path, bundle, flowclas):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(PNG)
+    (photos / "bad\nflowclas detect: 9 image(s) \x1b[31mFAKE.png").write_bytes(b"not an image")
+    outcome = flowclas("detect", "--model", bundle, "--input", "photos", "--output", "out", outputs=["out"])
+    assert outcome.code == 0, outcome.stderr
+    warnings = [line for line in outcome.stderr.splitlines() if "FAKE" in line]
+    assert len(warnings) == 1 and ": warning: skipped" in warnings[0] and "\\n" in warnings[0], outcome.stderr
+    assert "\x1b" not in outcome.stderr
+
+
 def test_detect_keeps_the_maps_of_images_sharing_a_stem(tmp_path, bundle, flowclas):
     photos = tmp_path / "photos"
     photos.mkdir()
