@@ -121,3 +121,21 @@ def test_eval_on_a_camera_bag_with_a_mask_topic(tmp_path, bundle):
                     str(tmp_path / "out"), "--image-topic", "/front/image", "--gt-topic", "/front/gt") == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["num_images"] == 4 and metrics["dataset"] == "rosbag"
+
+
+@pytest.mark.parametrize("dataset, given, used", [("cityscapes", None, "val"), ("folder", None, "test"),
+                                                  ("allo", "train", "train")])
+def test_eval_split_defaults_to_a_labelled_one(monkeypatch, capsys, dataset, given, used):
+    import flowclas_ros.training.datasets as datasets
+    from flowclas_ros.commands.main import main
+
+    seen = []
+
+    def build(name, root, split, **options):
+        seen.append(split)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(datasets, "build_dataset", build)
+    argv = ["eval", "--model", "m", "--dataset", dataset, "--root", "r", "--output", "o"]
+    assert main(argv + (["--split", given] if given else [])) == 1
+    assert seen == [used] and "stop here" in capsys.readouterr().err

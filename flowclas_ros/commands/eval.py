@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_inference_arguments(parser)
     parser.add_argument("--dataset", required=True, help="dataset layout (folder, allo, fishyscapes_laf, ...)")
     parser.add_argument("--root", required=True, help="dataset root folder")
+    parser.add_argument("--split", default=None,
+                        help="split to evaluate (default: test; val for cityscapes, which has no labelled test split)")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--image-topic", help="with --dataset rosbag: the camera topic (default /camera/image_raw)")
     parser.add_argument("--gt-topic", help="with --dataset rosbag: the mask topic (default /camera/anomaly_gt)")
@@ -47,14 +49,15 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset == "rosbag":
         topics = {"image_topic": args.image_topic, "mask_topic": args.gt_topic}
         options.update({k: v for k, v in topics.items() if v})
-    dataset = build_dataset(args.dataset, args.root, "test", **options)
+    split = args.split or ("val" if args.dataset == "cityscapes" else "test")
+    dataset = build_dataset(args.dataset, args.root, split, **options)
     out = output_folder(Path(args.output), marker=".flowclas-eval")
     detector = Detector.from_bundle(args.model, device=args.device, precision=args.precision, backend=args.backend)
     component = None if args.component == "none" else args.component
     metrics = evaluate(detector, dataset, bins=args.bins, exact_max_pixels=args.exact_max_pixels,
                        component=component, output=out, num_overlays=args.num_overlays)
     write_metrics_json(out / "metrics.json", metrics, model=str(args.model), dataset=args.dataset,
-                       root=str(args.root), threshold=detector.threshold)
+                       root=str(args.root), split=split, threshold=detector.threshold)
     skipped = f" ({metrics['num_skipped']} unusable skipped)" if metrics["num_skipped"] else ""
     print(f"flowclas eval: {metrics['num_images']} image(s){skipped}, {metrics['method']} metrics: "
           f"AP (step) {100 * metrics['ap']:.1f}%, AUPRC (trapezoid) {100 * metrics['auprc_trapz']:.1f}%, "

@@ -530,7 +530,7 @@ def test_training_on_a_bag_leaves_out_an_unreadable_message(tmp_path, caplog):
 @pytest.mark.parametrize("command", ["replay", "eval"])
 @pytest.mark.parametrize("bins", ["1", "3000000000", "nan"])
 def test_bins_outside_their_range_are_a_usage_error(command, bins, flowclas):
-    place = ["--bag", "b"] if command == "replay" else ["--dataset", "folder", "--data-root", "d"]
+    place = ["--bag", "b"] if command == "replay" else ["--dataset", "folder", "--root", "d"]
     outcome = flowclas(command, "--model", "m", *place, "--output", "o", "--bins", bins)
     expect_refused(outcome, code=2)
     assert "--bins" in outcome.stderr and "[2, 1000000]" in outcome.stderr
