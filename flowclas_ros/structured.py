@@ -39,7 +39,13 @@ def _check_yaml_tree(root: yaml.Node, what: str) -> None:
         if depth > MAX_DEPTH:
             raise UserError(f"{what}: nested deeper than {MAX_DEPTH} levels")
         if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, str]] = set()
             for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if (key.tag, key.value) in seen:  # YAML forbids it; PyYAML would keep the last silently
+                        raise UserError(f"{what}: key {key.value[:40]!r} given twice in one mapping "
+                                        f"(line {key.start_mark.line + 1})")
+                    seen.add((key.tag, key.value))
                 stack.append((key, depth + 1))
                 stack.append((value, depth + 1))
         elif isinstance(node, yaml.SequenceNode):

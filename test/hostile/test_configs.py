@@ -115,6 +115,7 @@ CONFIG_FILES: dict[str, tuple[bytes, str]] = {
     "string-where-int": (b"projection_dim: '16'\n", "projection_dim: expected an integer"),
     "bool-where-int": (b"seg_classes: yes\n", "seg_classes: expected an integer"),
     "layers-of-strings": (b"encoder: {layers: [a, b]}\n", "encoder.layers: expected an integer"),
+    "duplicate-key": (b"flow: {steps: 8, steps: 9}\n", "key 'steps' given twice"),
 }
 
 
