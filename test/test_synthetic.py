@@ -168,3 +168,12 @@ def test_command_rejects_bad_input(tmp_path, capsys, bad):
     err = capsys.readouterr().err
     assert "error" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("name, storage, suffix", [("cam.mcap", None, ".mcap"), ("cam", None, ".db3"),
+                                                   ("cam.mcap", "sqlite3", ".db3")])
+def test_bag_storage_follows_the_bag_name_unless_given(tmp_path, name, storage, suffix):
+    args = ["synth", "--output", str(tmp_path / "d"), "--train", "1", "--test", "1", "--outliers", "1",
+            "--height", "32", "--width", "32", "--bag", str(tmp_path / name), "--bag-frames", "1"]
+    assert main(args + (["--bag-storage", storage] if storage else [])) == 0
+    assert [p.suffix for p in (tmp_path / name).iterdir() if p.name != "metadata.yaml"] == [suffix]

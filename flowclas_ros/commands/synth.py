@@ -24,12 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bag", default=None, help="also write a camera rosbag2 of a moving sequence here")
     parser.add_argument("--bag-frames", type=int, default=100, help="frames in the bag (default: 100)")
     parser.add_argument("--bag-rate", type=float, default=10.0, help="bag frame rate in Hz (default: 10)")
-    parser.add_argument("--bag-storage", default="sqlite3", choices=sorted(STORAGES), help="rosbag2 storage")
+    parser.add_argument("--bag-storage", default=None, choices=sorted(STORAGES),
+                        help="rosbag2 storage (default: mcap when --bag ends in .mcap, else sqlite3)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the dataset and report what went where."""
-    from flowclas_ros.synthetic.generate import SynthOptions, synthesize
+    from flowclas_ros.synthetic.generate import SynthOptions, bag_storage, synthesize
 
     opts = options(SynthOptions, args)
     info = synthesize(opts)
@@ -41,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"  preview: {info['paths']['preview']}")
     if "bag" in info["paths"]:
         print(f"  camera bag ({opts.bag_frames} frames, /camera/image_raw + /camera/anomaly_gt, "
-              f"{opts.bag_storage}): {info['paths']['bag']}")
+              f"{bag_storage(opts)}): {info['paths']['bag']}")
     return 0

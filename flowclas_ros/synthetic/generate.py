@@ -29,7 +29,7 @@ class SynthOptions:
     bag: str | None = None
     bag_frames: int = 100
     bag_rate: float = 10.0
-    bag_storage: str = "sqlite3"
+    bag_storage: str | None = None  # None: mcap for a --bag ending in .mcap, else sqlite3
 
 
 def _validate(args: SynthOptions) -> None:
@@ -51,6 +51,13 @@ def _validate(args: SynthOptions) -> None:
             raise UserError(f"--bag {args.bag} lies in the dataset folder {args.output}: name a bag outside it")
         if Path(args.bag).exists():
             raise UserError(f"--bag {args.bag} already exists; rosbag2 writes a new folder")
+
+
+def bag_storage(args: SynthOptions) -> str:
+    """The camera bag's rosbag2 storage: as given, else from the ``--bag`` name."""
+    if args.bag_storage:
+        return args.bag_storage
+    return "mcap" if str(args.bag).lower().endswith(".mcap") else "sqlite3"
 
 
 log = logging.getLogger(__name__)
@@ -103,5 +110,5 @@ def _write(args: SynthOptions, root: Path, size: tuple[int, int]) -> dict:
             desc="synth bag",
             unit="frame",
         )
-        paths["bag"] = str(write_camera_bag(args.bag, frames, rate_hz=args.bag_rate, storage=args.bag_storage))
+        paths["bag"] = str(write_camera_bag(args.bag, frames, rate_hz=args.bag_rate, storage=bag_storage(args)))
     return {**info, "paths": paths}
